@@ -1,0 +1,43 @@
+# sealstore: `make run` starts the local cluster, `make test` runs every test.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PROTOS := $(wildcard protos/sealstore/v1/*.proto)
+GENERATED := sealstore/v1/.generated
+
+.PHONY: install protos run test unit bench clean
+
+install: $(VENV)/.installed $(GENERATED)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(BIN)/python requirements.lock pyproject.toml
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+# Generated code goes into sealstore/v1 (the proto package path); never edit it by hand.
+protos: $(GENERATED)
+$(GENERATED): $(PROTOS) $(VENV)/.installed
+	$(BIN)/python -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+	touch $@
+
+$(VENV)/.test-installed: $(VENV)/.installed requirements-test.lock
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements-test.lock
+	touch $@
+
+run: install
+	$(BIN)/sealstore run
+
+test: install $(VENV)/.test-installed
+	$(BIN)/python -m pytest -q tests
+
+unit: install $(VENV)/.test-installed
+	$(BIN)/python -m pytest -q tests -m "not cluster"
+
+bench: install $(VENV)/.test-installed
+	$(BIN)/python bench/bench_cluster.py
+
+clean:
+	rm -rf $(VENV) sealstore/v1/*_pb2*.py* $(GENERATED)

@@ -1,0 +1,1 @@
+"""sealstore: shared library of the sealstore services (config, TLS, errors, RPC plumbing, generated stubs)."""

@@ -1,0 +1,152 @@
+"""gRPC plumbing every service shares: mTLS servers and channels, reflection, health,
+and the one place where typed errors become gRPC statuses."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import logging
+import signal
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from sealstore import errors
+from sealstore.tls import tls_files
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE = 64 * 1024 * 1024
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE),
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.keepalive_time_ms", 30_000),
+]
+
+
+def server_credentials(certs: Path, role: str) -> grpc.ServerCredentials:
+    ca, cert, key = tls_files(certs, role).read()
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
+
+
+def channel_credentials(certs: Path, role: str) -> grpc.ChannelCredentials:
+    ca, cert, key = tls_files(certs, role).read()
+    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+
+
+def aio_channel(certs: Path, role: str, target: str) -> grpc.aio.Channel:
+    """An mTLS channel presenting `role`'s certificate."""
+    return grpc.aio.secure_channel(target, channel_credentials(certs, role), options=CHANNEL_OPTIONS)
+
+
+def sync_channel(certs: Path, role: str, target: str) -> grpc.Channel:
+    return grpc.secure_channel(target, channel_credentials(certs, role), options=CHANNEL_OPTIONS)
+
+
+def peer_identity(context: grpc.aio.ServicerContext | grpc.ServicerContext) -> str:
+    """The caller's identity: hex SHA-256 of its certificate's public key ('' if none)."""
+    auth = context.auth_context() or {}
+    pems = auth.get("x509_pem_cert") or []
+    if not pems:
+        return ""
+    cert = x509.load_pem_x509_certificate(pems[0])
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(spki).hexdigest()
+
+
+async def abort_with(context: grpc.aio.ServicerContext, err: errors.SealstoreError) -> None:
+    context.set_trailing_metadata(errors.grpc_trailing_metadata(err))
+    await context.abort(err.grpc_status, err.message)
+
+
+def _wrap_unary(behavior):
+    async def handler(request_or_iterator, context):
+        try:
+            return await behavior(request_or_iterator, context)
+        except errors.SealstoreError as err:
+            await abort_with(context, err)
+    return handler
+
+
+def _wrap_stream(behavior):
+    async def handler(request_or_iterator, context):
+        try:
+            result = behavior(request_or_iterator, context)
+            if inspect.isasyncgen(result):
+                async for item in result:
+                    yield item
+            else:
+                # A servicer that writes with context.write() returns a coroutine.
+                await result
+        except errors.SealstoreError as err:
+            await abort_with(context, err)
+    return handler
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Turns a `SealstoreError` raised by any servicer into its gRPC status + code metadata."""
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(handler.unary_unary), handler.request_deserializer, handler.response_serializer)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap_unary(handler.stream_unary), handler.request_deserializer, handler.response_serializer)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(handler.unary_stream), handler.request_deserializer, handler.response_serializer)
+        return grpc.stream_stream_rpc_method_handler(
+            _wrap_stream(handler.stream_stream), handler.request_deserializer, handler.response_serializer)
+
+
+def build_server(*, certs: Path, role: str, listen: str,
+                 services: Iterable[tuple[Callable[[Any, grpc.aio.Server], None], Any, str]],
+                 interceptors: Iterable[grpc.aio.ServerInterceptor] = ()) -> grpc.aio.Server:
+    """An mTLS aio server with the given servicers, reflection and grpc.health.v1.
+
+    `services` holds (add_XServicer_to_server, servicer instance, full service name).
+    Interceptors run before the error interceptor, so their typed errors map too.
+    """
+    server = grpc.aio.server(interceptors=[ErrorInterceptor(), *interceptors], options=CHANNEL_OPTIONS)
+    names = [reflection.SERVICE_NAME, health.SERVICE_NAME]
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for add, servicer, name in services:
+        add(servicer, server)
+        names.append(name)
+    reflection.enable_server_reflection(names, server)
+    server.add_secure_port(listen, server_credentials(certs, role))
+    server.health_servicer = health_servicer  # type: ignore[attr-defined]
+    server.service_names = names  # type: ignore[attr-defined]
+    return server
+
+
+async def run_server(server: grpc.aio.Server, on_stop: Callable[[], Any] | None = None) -> None:
+    """Starts `server`, marks every service SERVING, and runs until SIGTERM/SIGINT."""
+    await server.start()
+    for name in ["", *server.service_names]:  # type: ignore[attr-defined]
+        await server.health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)  # type: ignore[attr-defined]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop(grace=2)
+    if on_stop is not None:
+        result = on_stop()
+        if inspect.isawaitable(result):
+            await result
+
+
+def configure_logging(role: str) -> None:
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {role} %(levelname)s %(name)s: %(message)s")
