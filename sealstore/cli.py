@@ -1,7 +1,271 @@
-"""The `sealstore` command (placeholder: filled in by the launcher work)."""
+"""The `sealstore` command: run a local cluster, manage keys, set bucket encryption, DARE tools.
+
+Every subcommand finds the cluster through the data directory (`SEALSTORE_DATA_DIR`, default
+./data): `cluster.json` for addresses, `certs/admin*.pem` for the kms, `credentials.json` (or
+the environment) for S3.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import datetime
+import json
 import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from xml.etree import ElementTree
+
+import grpc
+
+from sealstore import config, errors
+
+S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 
 
-def main(argv=None):
-    print("sealstore: not yet", file=sys.stderr)
+def _fail(message: str) -> int:
+    print(f"sealstore: {message}", file=sys.stderr)
+    return 1
+
+
+# ---------------------------------------------------------------- keys (kms over gRPC, admin identity)
+
+def _kms_stub():
+    from sealstore import rpc
+    from sealstore.v1 import kms_pb2_grpc
+    data = config.data_dir()
+    topology = config.load_topology(data)
+    channel = rpc.sync_channel(config.certs_dir(data), "admin", topology.kms)
+    return kms_pb2_grpc.KeyServiceStub(channel)
+
+
+def _format_key(info) -> str:
+    created = datetime.datetime.fromtimestamp(info.created_ns / 1e9, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    state = "enabled" if info.enabled else "DISABLED"
+    return f"{info.name:<32} {info.algorithm:<8} {state:<9} {created}"
+
+
+def _read_key_material(path: str) -> bytes:
+    raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    if len(raw) == 32:
+        return raw
+    text = raw.strip()
+    for decode in (binascii.unhexlify, base64.b64decode):
+        try:
+            key = decode(text)
+        except (binascii.Error, ValueError):
+            continue
+        if len(key) == 32:
+            return key
+    raise SystemExit("sealstore: a key file holds 32 raw bytes, 64 hex characters or base64 of 32 bytes")
+
+
+def cmd_key(args) -> int:
+    from sealstore.v1 import kms_pb2
+    stub = _kms_stub()
+    try:
+        if args.action == "create":
+            print(_format_key(stub.CreateKey(kms_pb2.CreateKeyRequest(name=args.name))))
+        elif args.action == "import":
+            key = _read_key_material(args.key_file)
+            print(_format_key(stub.ImportKey(kms_pb2.ImportKeyRequest(name=args.name, key=key))))
+        elif args.action == "list":
+            for info in stub.ListKeys(kms_pb2.ListKeysRequest(pattern=args.pattern)).keys:
+                print(_format_key(info))
+        elif args.action == "describe":
+            info = stub.DescribeKey(kms_pb2.KeyRequest(name=args.name))
+            print(json.dumps({"name": info.name, "algorithm": info.algorithm, "enabled": info.enabled,
+                              "created_ns": info.created_ns, "created_by": info.created_by}, indent=2))
+        elif args.action == "disable":
+            stub.DisableKey(kms_pb2.KeyRequest(name=args.name))
+            print(f"key {args.name} disabled: objects under it are locked until it is enabled again")
+        elif args.action == "enable":
+            stub.EnableKey(kms_pb2.KeyRequest(name=args.name))
+            print(f"key {args.name} enabled")
+        elif args.action == "delete":
+            stub.DeleteKey(kms_pb2.KeyRequest(name=args.name))
+            print(f"key {args.name} deleted: objects under it are unreadable for good")
+    except grpc.RpcError as exc:
+        err = errors.from_rpc_error(exc)
+        return _fail(f"{err.code}: {err.message}")
+    return 0
+
+
+# ---------------------------------------------------------------- bucket encryption (S3 API, like mc encrypt)
+
+def _s3_credentials(data: Path) -> tuple[str, str]:
+    import os
+    user, password = os.environ.get(config.ENV_ROOT_USER), os.environ.get(config.ENV_ROOT_PASSWORD)
+    if user and password:
+        return user, password
+    creds = json.loads((data / "credentials.json").read_text())
+    return creds["access_key"], creds["secret_key"]
+
+
+def _s3_request(method: str, bucket: str, query: str, body: bytes = b"") -> tuple[int, bytes]:
+    import hashlib
+    from sealstore import sigv4
+    data = config.data_dir()
+    topology = config.load_topology(data)
+    access, secret = _s3_credentials(data)
+    url = f"http://{topology.gateway}/{bucket}?{query}"
+    headers = {"content-type": "application/xml"} if body else {}
+    signed = sigv4.sign_request(method, url, headers, hashlib.sha256(body).hexdigest(), access, secret)
+    request = urllib.request.Request(url, data=body or None, method=method, headers=signed)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _s3_error(body: bytes) -> str:
+    try:
+        root = ElementTree.fromstring(body)
+        return f"{root.findtext('Code')}: {root.findtext('Message')}"
+    except ElementTree.ParseError:
+        return body.decode(errors="replace")[:500]
+
+
+def cmd_encrypt(args) -> int:
+    if args.action == "set":
+        if args.algorithm != "sse-kms":
+            return _fail("only sse-kms is supported: sealstore encrypt set sse-kms KEY BUCKET")
+        xml = ("<ServerSideEncryptionConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Rule>"
+               "<ApplyServerSideEncryptionByDefault><SSEAlgorithm>aws:kms</SSEAlgorithm>"
+               f"<KMSMasterKeyID>{args.key}</KMSMasterKeyID></ApplyServerSideEncryptionByDefault>"
+               "</Rule></ServerSideEncryptionConfiguration>").encode()
+        status, body = _s3_request("PUT", args.bucket, "encryption=", xml)
+        if status != 200:
+            return _fail(_s3_error(body))
+        print(f"Auto encryption configuration has been set successfully for {args.bucket} (sse-kms, key {args.key})")
+    elif args.action == "info":
+        status, body = _s3_request("GET", args.bucket, "encryption=")
+        if status == 404 and b"ServerSideEncryptionConfigurationNotFoundError" in body:
+            print(f"Auto encryption is not enabled for {args.bucket}")
+            return 0
+        if status != 200:
+            return _fail(_s3_error(body))
+        root = ElementTree.fromstring(body)
+        algorithm = root.findtext(f".//{S3_NS}SSEAlgorithm") or root.findtext(".//SSEAlgorithm")
+        key = root.findtext(f".//{S3_NS}KMSMasterKeyID") or root.findtext(".//KMSMasterKeyID") or ""
+        print(f"Auto encryption 'sse-kms' is enabled for {args.bucket} with key {key}" if algorithm == "aws:kms"
+              else f"Auto encryption '{algorithm}' is enabled for {args.bucket}")
+    elif args.action == "clear":
+        status, body = _s3_request("DELETE", args.bucket, "encryption=")
+        if status not in (200, 204):
+            return _fail(_s3_error(body))
+        print(f"Auto encryption configuration has been cleared for {args.bucket}")
+    return 0
+
+
+# ---------------------------------------------------------------- status
+
+def cmd_status(args) -> int:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from sealstore import rpc
+    from sealstore.v1 import kms_pb2
+    data = config.data_dir()
+    path = data / "cluster.json"
+    if not path.exists():
+        return _fail(f"no cluster found: {path} does not exist (start one with `make run`)")
+    raw = json.loads(path.read_text())
+    certs = config.certs_dir(data)
+    healthy = True
+    for service in raw["services"]:
+        if service["role"] == "gateway":
+            import socket
+            host, port = service["address"].rsplit(":", 1)
+            try:
+                socket.create_connection((host, int(port)), timeout=2).close()
+                state = "SERVING"
+            except OSError as exc:
+                state, healthy = f"DOWN ({exc.strerror})", False
+        else:
+            channel = rpc.sync_channel(certs, "admin", service["address"])
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=3)
+                state = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            except grpc.RpcError as exc:
+                state, healthy = f"DOWN ({exc.code().name})", False
+            finally:
+                channel.close()
+        print(f"{service['name']:<10} {service['role']:<8} {service['address']:<22} pid {service.get('pid')}  {state}")
+    try:
+        status = _kms_stub().Status(kms_pb2.StatusRequest(), timeout=3)
+        print(f"kms: keystore {status.keystore}, {status.key_count} keys, up {status.uptime_seconds:.0f}s")
+    except grpc.RpcError as exc:
+        print(f"kms status: {errors.from_rpc_error(exc).message}")
+        healthy = False
+    return 0 if healthy else 1
+
+
+# ---------------------------------------------------------------- entry point
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sealstore", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("run", help="start the local cluster in the foreground (Ctrl-C stops it)")
+
+    key = sub.add_parser("key", help="manage external keys in the kms")
+    key_sub = key.add_subparsers(dest="action", required=True)
+    for action in ("create", "describe", "disable", "enable", "delete"):
+        key_sub.add_parser(action).add_argument("name")
+    imp = key_sub.add_parser("import", help="import 32 bytes of key material")
+    imp.add_argument("name")
+    imp.add_argument("--key-file", required=True, help="32 raw bytes, 64 hex chars or base64; - for stdin")
+    lst = key_sub.add_parser("list")
+    lst.add_argument("pattern", nargs="?", default="*")
+
+    enc = sub.add_parser("encrypt", help="bucket default encryption, like `mc encrypt`")
+    enc_sub = enc.add_subparsers(dest="action", required=True)
+    enc_set = enc_sub.add_parser("set")
+    enc_set.add_argument("algorithm", choices=["sse-kms"])
+    enc_set.add_argument("key")
+    enc_set.add_argument("bucket")
+    enc_sub.add_parser("info").add_argument("bucket")
+    enc_sub.add_parser("clear").add_argument("bucket")
+
+    sub.add_parser("status", help="health of every service of the local cluster")
+
+    dare = sub.add_parser("dare", help="DARE 2.0 encrypt/decrypt stdin to stdout (minio/sio compatible)")
+    dare.add_argument("rest", nargs=argparse.REMAINDER)
+
+    init = sub.add_parser("init", help="create the dev PKI and root S3 credentials in the data directory "
+                                       "(what `run` does first; for containers)")
+    init.add_argument("--san", action="append", default=[], help="extra DNS name or IP for the certificates")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "run":
+        from sealstore import launcher
+        return launcher.run()
+    if args.command == "key":
+        return cmd_key(args)
+    if args.command == "encrypt":
+        return cmd_encrypt(args)
+    if args.command == "status":
+        return cmd_status(args)
+    if args.command == "dare":
+        from services.crypto import dare_cli
+        return dare_cli.main(args.rest)
+    if args.command == "init":
+        from sealstore import launcher, tls
+        data = config.data_dir()
+        target = config.certs_dir(data)
+        tls.ensure_dev_pki(target, tuple(args.san))
+        user, _, generated = launcher.ensure_credentials(data)
+        print(f"certificates in {target}; identities (SHA-256 of each public key):")
+        for role, identity in tls.role_identities(target).items():
+            print(f"  {role:<8} {identity}")
+        print(f"root S3 access key: {user}" + (f" (new; secret in {data / 'credentials.json'})" if generated else ""))
+        return 0
     return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

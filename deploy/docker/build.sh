@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Builds the sealstore image without any registry: a Debian base from debootstrap, wheels
+# downloaded on the host from the pinned lock file, then `docker build`.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$repo"
+base=${SEALSTORE_BASE_IMAGE:-local/sealstore-base:bookworm}
+if ! docker image inspect "$base" >/dev/null 2>&1; then
+  mirror=${DEBIAN_MIRROR:-$(awk '/^deb /{print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)}
+  if [ -z "$mirror" ]; then
+    mirror=$(grep -h '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -1 | awk '{print $2}')
+  fi
+  rootfs=$(mktemp -d)
+  debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$rootfs" "$mirror"
+  tar -C "$rootfs" -c . | docker import - "$base"
+  rm -rf "$rootfs"
+fi
+mkdir -p deploy/docker/wheels
+.venv/bin/pip download -q --disable-pip-version-check --only-binary=:all: --python-version 3.11 \
+  --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+  -d deploy/docker/wheels -r requirements.lock setuptools
+docker build --network=host -f deploy/docker/Dockerfile --build-arg BASE="$base" -t sealstore:dev .

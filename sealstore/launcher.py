@@ -1,0 +1,245 @@
+"""`sealstore run`: starts a whole local cluster in the foreground and stops it cleanly.
+
+One kms, one crypto worker, N storage nodes (D drive folders each) and one gateway, each a
+separate process talking gRPC over mutual TLS. The launcher writes `<data>/cluster.json`
+(role, pid, address, drives) so the command line and the tests can find the cluster.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sealstore import config, tls
+
+ENV_STORAGE_NODES = "SEALSTORE_STORAGE_NODES"
+ENV_DRIVES_PER_NODE = "SEALSTORE_DRIVES_PER_NODE"
+ENV_BASE_PORT = "SEALSTORE_BASE_PORT"
+ENV_CRYPTO_CIPHER = "SEALSTORE_CIPHER"
+
+# glibc hands every freed block >= 128 KiB back to the OS; the next 1 MiB stripe then pays
+# page faults again. Raising the thresholds made erasure coding 3-5x faster here
+# (shared/reference/performance.md).
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "268435456"}
+
+STARTUP_TIMEOUT = 60.0
+
+
+@dataclass
+class Layout:
+    """What `make run` starts; read from the environment, validated before anything starts."""
+
+    storage_nodes: int = 4
+    drives_per_node: int = 1
+    parity: int = 0
+    base_port: int = 9100
+    gateway: str = config.DEFAULT_GATEWAY_ADDR
+
+    @classmethod
+    def from_env(cls) -> "Layout":
+        env = os.environ
+        layout = cls(
+            storage_nodes=int(env.get(ENV_STORAGE_NODES, 4)),
+            drives_per_node=int(env.get(ENV_DRIVES_PER_NODE, 1)),
+            parity=int(env.get(config.ENV_PARITY, 0)),
+            base_port=int(env.get(ENV_BASE_PORT, 9100)),
+            gateway=env.get(config.ENV_GATEWAY_ADDR, config.DEFAULT_GATEWAY_ADDR),
+        )
+        drives = layout.storage_nodes * layout.drives_per_node
+        if not 4 <= drives <= 16:
+            raise SystemExit(f"sealstore: an erasure set needs 4 to 16 drives, this layout has {drives}")
+        if layout.parity == 0:
+            layout.parity = config.default_parity(drives)
+        if not 1 <= layout.parity <= drives // 2:
+            raise SystemExit(f"sealstore: parity {layout.parity} is impossible for {drives} drives "
+                             f"(1 to {drives // 2}; parity may not exceed data)")
+        return layout
+
+
+@dataclass
+class Service:
+    role: str
+    name: str
+    address: str
+    args: list[str]
+    drives: list[str] = field(default_factory=list)
+    process: subprocess.Popen | None = None
+    log_path: Path | None = None
+
+
+def ensure_credentials(data: Path) -> tuple[str, str, bool]:
+    """Root S3 credentials: from the environment, else generated once into <data>/credentials.json."""
+    user, password = os.environ.get(config.ENV_ROOT_USER), os.environ.get(config.ENV_ROOT_PASSWORD)
+    if user and password:
+        return user, password, False
+    path = data / "credentials.json"
+    if path.exists():
+        creds = json.loads(path.read_text())
+        return creds["access_key"], creds["secret_key"], False
+    creds = {"access_key": "sealstore-" + secrets.token_hex(4), "secret_key": secrets.token_urlsafe(30)}
+    config.write_file_atomic(path, json.dumps(creds).encode(), mode=0o600)
+    return creds["access_key"], creds["secret_key"], True
+
+
+def _port_free(address: str) -> bool:
+    host, port = address.rsplit(":", 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, int(port)))
+        except OSError:
+            return False
+    return True
+
+
+def _wait_tcp(address: str, deadline: float) -> bool:
+    host, port = address.rsplit(":", 1)
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, int(port)), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+def plan_services(data: Path, layout: Layout) -> tuple[list[Service], list[str]]:
+    """The processes to start, and the erasure set's members in shard order."""
+    host = "127.0.0.1"
+    services = [Service("kms", "kms", f"{host}:{layout.base_port + 1}", [])]
+    storage: list[Service] = []
+    for node in range(layout.storage_nodes):
+        drives = [str(data / "drives" / f"node{node + 1}" / f"drive{d + 1}") for d in range(layout.drives_per_node)]
+        address = f"{host}:{layout.base_port + 11 + node}"
+        storage.append(Service("storage", f"storage{node + 1}", address,
+                               ["--drives", ",".join(drives), "--node-id", str(node + 1)], drives))
+    services += storage
+    # Interleave drives across nodes so consecutive shards of a stripe land on different nodes.
+    members = [f"{s.address}/{d}" for d in range(layout.drives_per_node) for s in storage]
+    cipher = os.environ.get(ENV_CRYPTO_CIPHER)
+    services.append(Service("crypto", "crypto", f"{host}:{layout.base_port + 2}",
+                            ["--cipher", cipher] if cipher else []))
+    services.append(Service("gateway", "gateway", layout.gateway, []))
+    return services, members
+
+
+class Cluster:
+    def __init__(self, data: Path, layout: Layout):
+        self.data = data
+        self.layout = layout
+        self.services, self.members = plan_services(data, layout)
+        self.cluster_file = config.ClusterFile(parity_shards=layout.parity, storage_set=self.members)
+
+    def _record(self, ready: bool) -> None:
+        self.cluster_file.services = [
+            {"role": s.role, "name": s.name, "address": s.address,
+             "pid": s.process.pid if s.process else None,
+             **({"drives": s.drives} if s.drives else {}),
+             "log": str(s.log_path) if s.log_path else None}
+            for s in self.services]
+        raw = json.loads(self.cluster_file.to_json())
+        raw["ready"] = ready
+        raw["gateway_url"] = f"http://{self.layout.gateway}"
+        config.write_file_atomic(self.data / "cluster.json", json.dumps(raw, indent=2).encode(), mode=0o644)
+
+    def start(self) -> None:
+        busy = [s.address for s in self.services if not _port_free(s.address)]
+        if busy:
+            raise SystemExit(f"sealstore: address already in use: {', '.join(busy)} "
+                             f"(another cluster running? set {ENV_BASE_PORT} / {config.ENV_GATEWAY_ADDR})")
+        for s in self.services:
+            for d in s.drives:
+                Path(d).mkdir(parents=True, exist_ok=True)
+        self._record(ready=False)
+        logs = self.data / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **MALLOC_ENV, config.ENV_DATA_DIR: str(self.data), "PYTHONUNBUFFERED": "1"}
+        # Storage and kms first: the worker and the gateway connect to them.
+        for wave in (("storage", "kms"), ("crypto",), ("gateway",)):
+            started = [s for s in self.services if s.role in wave]
+            for s in started:
+                s.log_path = logs / f"{s.name}.log"
+                log = open(s.log_path, "ab")
+                s.process = subprocess.Popen(
+                    [sys.executable, "-m", f"services.{s.role}", "--listen", s.address,
+                     "--data-dir", str(self.data), *s.args],
+                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                    start_new_session=True)
+                log.close()
+            self._record(ready=False)
+            deadline = time.monotonic() + STARTUP_TIMEOUT
+            for s in started:
+                while not _wait_tcp(s.address, min(deadline, time.monotonic() + 0.5)):
+                    if s.process.poll() is not None or time.monotonic() > deadline:
+                        self.stop()
+                        tail = s.log_path.read_text(errors="replace")[-3000:] if s.log_path else ""
+                        raise SystemExit(f"sealstore: {s.name} failed to start; its log ends:\n{tail}")
+        self._record(ready=True)
+
+    def first_exited(self) -> Service | None:
+        return next((s for s in self.services if s.process and s.process.poll() is not None), None)
+
+    def stop(self) -> None:
+        # Reverse order: the gateway stops taking requests before the services behind it go.
+        for s in reversed(self.services):
+            if s.process and s.process.poll() is None:
+                s.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for s in reversed(self.services):
+            if s.process is None:
+                continue
+            try:
+                s.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                s.process.kill()
+                s.process.wait()
+
+
+def run(argv: list[str] | None = None) -> int:
+    data = config.data_dir()
+    data.mkdir(parents=True, exist_ok=True)
+    layout = Layout.from_env()
+    tls.ensure_dev_pki(config.certs_dir(data))
+    user, password, generated = ensure_credentials(data)
+    cluster = Cluster(data, layout)
+    stopping = False
+
+    def request_stop(signum, frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    cluster.start()
+    drives = layout.storage_nodes * layout.drives_per_node
+    print(f"sealstore is up: S3 endpoint http://{layout.gateway}", flush=True)
+    print(f"  data: {data}   logs: {data / 'logs'}", flush=True)
+    print(f"  erasure set: {drives} drives on {layout.storage_nodes} nodes, "
+          f"{drives - layout.parity} data + {layout.parity} parity", flush=True)
+    if generated:
+        print(f"  generated root credentials (stored in {data / 'credentials.json'}):", flush=True)
+        print(f"    access key: {user}\n    secret key: {password}", flush=True)
+    else:
+        print(f"  root credentials: {'environment' if os.environ.get(config.ENV_ROOT_USER) else data / 'credentials.json'}", flush=True)
+    print("  Ctrl-C stops the cluster.", flush=True)
+    exit_code = 0
+    while not stopping:
+        dead = cluster.first_exited()
+        if dead is not None:
+            print(f"sealstore: {dead.name} exited with code {dead.process.returncode}; stopping the cluster "
+                  f"(see {dead.log_path})", file=sys.stderr, flush=True)
+            exit_code = 1
+            break
+        time.sleep(0.2)
+    print("sealstore: stopping...", flush=True)
+    cluster.stop()
+    cluster._record(ready=False)
+    print("sealstore: stopped.", flush=True)
+    return exit_code
