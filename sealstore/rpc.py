@@ -125,7 +125,7 @@ def build_server(*, certs: Path, role: str, listen: str,
         add(servicer, server)
         names.append(name)
     reflection.enable_server_reflection(names, server)
-    server.add_secure_port(listen, server_credentials(certs, role))
+    server.bound_port = server.add_secure_port(listen, server_credentials(certs, role))  # type: ignore[attr-defined]
     server.health_servicer = health_servicer  # type: ignore[attr-defined]
     server.service_names = names  # type: ignore[attr-defined]
     return server

@@ -1,0 +1,3 @@
+from services.kms.server import main
+
+main()

@@ -1,0 +1,84 @@
+"""Fixtures for the kms tests: a dev PKI and a real kms server process talking mTLS on loopback."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from sealstore import rpc
+from sealstore.tls import ensure_dev_pki
+from sealstore.v1 import kms_pb2_grpc
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class KmsProcess:
+    data_dir: Path
+    certs: Path
+    address: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def log_text(self) -> str:
+        return self.log_path.read_text()
+
+    def channel(self, role: str) -> grpc.Channel:
+        return rpc.sync_channel(self.certs, role, self.address)
+
+    def stub(self, role: str) -> kms_pb2_grpc.KeyServiceStub:
+        return kms_pb2_grpc.KeyServiceStub(self.channel(role))
+
+
+def _wait_serving(certs: Path, address: str, proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"kms exited with {proc.returncode}")
+        try:
+            with rpc.sync_channel(certs, "admin", address) as ch:
+                reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+        except grpc.RpcError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"kms on {address} did not become SERVING")
+
+
+@pytest.fixture(scope="module")
+def kms(tmp_path_factory) -> KmsProcess:
+    data_dir = tmp_path_factory.mktemp("kms-data")
+    certs = data_dir / "certs"
+    ensure_dev_pki(certs)
+    address = f"127.0.0.1:{free_port()}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEALSTORE_")}
+    log_path = tmp_path_factory.mktemp("kms-log") / "kms.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.kms", "--listen", address, "--data-dir", str(data_dir)],
+            cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        _wait_serving(certs, address, proc)
+        yield KmsProcess(data_dir, certs, address, proc, log_path)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
