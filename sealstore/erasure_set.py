@@ -1,0 +1,392 @@
+"""The quorum client of one erasure set: fans calls out to its storage drives and decides.
+
+Member i of the set (a drive of a storage node) always stores shard i. Every call goes to
+the members concurrently with a deadline; a member that fails or is unreachable counts as
+a failure, never as "not found". Rules, as MinIO's:
+
+- read_quorum = data shards: a read is answered when that many members agree;
+- write_quorum = data shards (+1 when data == parity, so two halves can never both win);
+- an outcome that reaches neither success nor a definite error at quorum is `SlowDown` (503).
+
+Bucket calls go once to each storage node (the node applies them to all its drives) and the
+node's answer counts for each of its members. Construct the client inside the running event
+loop: its grpc.aio channels belong to that loop.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator, Awaitable, Callable, Iterable, TypeVar
+
+import grpc
+
+from sealstore import errors
+from sealstore.config import Topology
+from sealstore.rpc import aio_channel
+from sealstore.v1 import storage_pb2, storage_pb2_grpc, types_pb2
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT = 10.0
+"""Seconds allowed to one metadata call on one member."""
+
+# Errors that say "this member could not answer" rather than anything about the data.
+_AVAILABILITY_ERRORS = (errors.ServiceUnavailable, errors.SlowDown)
+
+
+@dataclass(frozen=True)
+class Member:
+    """One drive of the erasure set; member i always stores shard i."""
+
+    index: int
+    address: str
+    drive: int
+    stub: storage_pb2_grpc.StorageServiceStub
+
+
+def _failed(outcome) -> bool:
+    return isinstance(outcome, BaseException)
+
+
+def _count(outcomes: Iterable, cls: type) -> int:
+    return sum(1 for o in outcomes if isinstance(o, cls))
+
+
+def _verdict(outcomes: list, quorum: int, what: str) -> errors.SealstoreError:
+    """The error to raise when fewer than `quorum` members succeeded.
+
+    A definite error (e.g. NoSuchBucket) wins if `quorum` members gave it; a rejected argument
+    (InvalidBucketName, ...) wins when no member succeeded, since every member would reject it;
+    else SlowDown.
+    """
+    if not any(not _failed(o) for o in outcomes):
+        invalid = [o for o in outcomes if _failed(o) and o.grpc_status == grpc.StatusCode.INVALID_ARGUMENT]
+        if invalid:
+            return invalid[0]
+    by_type: collections.Counter = collections.Counter(
+        type(o) for o in outcomes if _failed(o) and not isinstance(o, _AVAILABILITY_ERRORS))
+    for cls, n in by_type.most_common():
+        if n >= quorum and cls is not errors.SealstoreError:
+            return next(o for o in outcomes if type(o) is cls)
+    ok = sum(1 for o in outcomes if not _failed(o))
+    reasons = "; ".join(sorted({f"{type(o).__name__}: {o.message}" for o in outcomes if _failed(o)}))
+    return errors.SlowDown(f"{what}: {ok} of {len(outcomes)} drives succeeded, {quorum} needed ({reasons})")
+
+
+def _majority(messages: list) -> object:
+    """The most common of equal-typed protobuf messages (ties: the first seen)."""
+    counts = collections.Counter(m.SerializeToString(deterministic=True) for m in messages)
+    best = counts.most_common(1)[0][0]
+    return next(m for m in messages if m.SerializeToString(deterministic=True) == best)
+
+
+class ErasureSetClient:
+    """Quorum reads and writes of bucket and object metadata across one erasure set."""
+
+    def __init__(self, topology: Topology, certs: Path, role: str, *, timeout: float = DEFAULT_TIMEOUT):
+        self.data_shards = topology.data_shards
+        self.parity_shards = topology.parity_shards
+        self.read_quorum = topology.read_quorum
+        self.write_quorum = topology.write_quorum
+        self.timeout = timeout
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._stubs: dict[str, storage_pb2_grpc.StorageServiceStub] = {}
+        for m in topology.storage_set:
+            if m.address not in self._channels:
+                self._channels[m.address] = aio_channel(certs, role, m.address)
+                self._stubs[m.address] = storage_pb2_grpc.StorageServiceStub(self._channels[m.address])
+        self.members = [Member(i, m.address, m.drive, self._stubs[m.address])
+                        for i, m in enumerate(topology.storage_set)]
+
+    async def close(self) -> None:
+        await asyncio.gather(*(ch.close() for ch in self._channels.values()), return_exceptions=True)
+
+    # ---- fan-out -------------------------------------------------------------------------
+
+    async def _guard(self, call: Awaitable[T], where: str) -> T | errors.SealstoreError:
+        try:
+            return await call
+        except grpc.RpcError as exc:
+            return errors.from_rpc_error(exc)
+        except errors.SealstoreError as exc:
+            return exc
+        except asyncio.TimeoutError:
+            return errors.ServiceUnavailable(f"{where} did not answer in time")
+        except Exception as exc:  # a broken member must not break the quorum decision
+            log.warning("call to %s failed: %r", where, exc)
+            return errors.ServiceUnavailable(f"{where} failed: {type(exc).__name__}")
+
+    async def _each_member(self, fn: Callable[[Member], Awaitable[T]],
+                           members: list[Member] | None = None) -> list:
+        members = self.members if members is None else members
+        return list(await asyncio.gather(*(self._guard(fn(m), m.address) for m in members)))
+
+    async def _each_node(self, fn: Callable[[storage_pb2_grpc.StorageServiceStub], Awaitable[T]]) -> list:
+        """Calls `fn` once per storage node; returns one outcome per member."""
+        addresses = list(self._stubs)
+        results = await asyncio.gather(*(self._guard(fn(self._stubs[a]), a) for a in addresses))
+        by_address = dict(zip(addresses, results))
+        return [by_address[m.address] for m in self.members]
+
+    # ---- buckets -------------------------------------------------------------------------
+
+    async def make_bucket(self, bucket: str) -> types_pb2.BucketInfo:
+        request = storage_pb2.MakeBucketRequest(bucket=bucket, created_ns=time.time_ns())
+        outcomes = await self._each_node(lambda s: s.MakeBucket(request, timeout=self.timeout))
+        made = [o for o in outcomes if not _failed(o)]
+        existing = _count(outcomes, errors.BucketAlreadyOwnedByYou)
+        if existing >= self.write_quorum:
+            raise next(o for o in outcomes if isinstance(o, errors.BucketAlreadyOwnedByYou))
+        if made and len(made) + existing >= self.write_quorum:
+            return made[0]
+        if made:  # undo where we created it, so a failed create leaves no bucket on a minority
+            undo = storage_pb2.BucketRequest(bucket=bucket)
+            await asyncio.gather(*(self._guard(self._stubs[a].DeleteBucket(undo, timeout=self.timeout), a)
+                                   for a in self._addresses_where_ok(outcomes)))
+        raise _verdict(outcomes, self.write_quorum, f"make bucket {bucket}")
+
+    async def get_bucket(self, bucket: str) -> types_pb2.BucketInfo:
+        request = storage_pb2.BucketRequest(bucket=bucket)
+        outcomes = await self._each_node(lambda s: s.GetBucket(request, timeout=self.timeout))
+        found = [o for o in outcomes if not _failed(o)]
+        if len(found) >= self.read_quorum:
+            return _majority(found)
+        raise _verdict(outcomes, self.read_quorum, f"get bucket {bucket}")
+
+    async def list_buckets(self) -> list[types_pb2.BucketInfo]:
+        request = storage_pb2.ListBucketsRequest()
+        outcomes = await self._each_node(lambda s: s.ListBuckets(request, timeout=self.timeout))
+        answers = [o for o in outcomes if not _failed(o)]
+        if len(answers) < self.read_quorum:
+            raise _verdict(outcomes, self.read_quorum, "list buckets")
+        copies: dict[str, list] = collections.defaultdict(list)
+        for answer in answers:
+            for info in answer.buckets:
+                copies[info.name].append(info)
+        return [_majority(copies[name]) for name in sorted(copies) if len(copies[name]) >= self.read_quorum]
+
+    async def delete_bucket(self, bucket: str) -> None:
+        # Read the bucket first: if some node refuses (not empty) or the delete misses quorum,
+        # the bucket is put back, with its creation time and encryption, where it was removed.
+        info = await self.get_bucket(bucket)
+        request = storage_pb2.BucketRequest(bucket=bucket)
+        outcomes = await self._each_node(lambda s: s.DeleteBucket(request, timeout=self.timeout))
+        deleted = sum(1 for o in outcomes if not _failed(o))
+        not_empty = _count(outcomes, errors.BucketNotEmpty)
+        if not not_empty and deleted and deleted + _count(outcomes, errors.NoSuchBucket) >= self.write_quorum:
+            return
+        if deleted:
+            await self._restore_bucket(info, self._addresses_where_ok(outcomes))
+        if not_empty:
+            raise next(o for o in outcomes if isinstance(o, errors.BucketNotEmpty))
+        raise _verdict(outcomes, self.write_quorum, f"delete bucket {bucket}")
+
+    def _addresses_where_ok(self, outcomes: list) -> list[str]:
+        return list(dict.fromkeys(m.address for m, o in zip(self.members, outcomes) if not _failed(o)))
+
+    async def _restore_bucket(self, info: types_pb2.BucketInfo, addresses: list[str]) -> None:
+        make = storage_pb2.MakeBucketRequest(bucket=info.name, created_ns=info.created_ns)
+        await asyncio.gather(*(self._guard(self._stubs[a].MakeBucket(make, timeout=self.timeout), a)
+                               for a in addresses))
+        if info.encryption.sse_algorithm:
+            enc = storage_pb2.SetBucketEncryptionRequest(bucket=info.name, encryption=info.encryption)
+            await asyncio.gather(*(self._guard(self._stubs[a].SetBucketEncryption(enc, timeout=self.timeout), a)
+                                   for a in addresses))
+
+    async def set_bucket_encryption(self, bucket: str,
+                                    enc: types_pb2.BucketEncryption | None) -> types_pb2.BucketInfo:
+        request = storage_pb2.SetBucketEncryptionRequest(
+            bucket=bucket, encryption=enc or types_pb2.BucketEncryption())
+        outcomes = await self._each_node(lambda s: s.SetBucketEncryption(request, timeout=self.timeout))
+        done = [o for o in outcomes if not _failed(o)]
+        if len(done) >= self.write_quorum:
+            return done[0]
+        raise _verdict(outcomes, self.write_quorum, f"set encryption of bucket {bucket}")
+
+    # ---- object metadata -----------------------------------------------------------------
+
+    async def _meta_outcomes(self, bucket: str, key: str) -> list:
+        def call(m: Member):
+            return m.stub.GetObjectMeta(storage_pb2.ObjectRequest(bucket=bucket, key=key, drive=m.drive),
+                                        timeout=self.timeout)
+        outcomes = await self._each_member(call)
+        if _count(outcomes, errors.NoSuchBucket) >= self.read_quorum:
+            raise next(o for o in outcomes if isinstance(o, errors.NoSuchBucket))
+        return outcomes
+
+    async def get_object_metas(self, bucket: str, key: str) -> list[types_pb2.ObjectMeta | None]:
+        """One entry per member: its copy of the metadata, or None (no copy, or unreachable)."""
+        return [None if _failed(o) else o for o in await self._meta_outcomes(bucket, key)]
+
+    async def get_object_meta(self, bucket: str, key: str) -> types_pb2.ObjectMeta:
+        outcomes = await self._meta_outcomes(bucket, key)
+        chosen = self.quorum_version([None if _failed(o) else o for o in outcomes])
+        if chosen is not None:
+            return chosen
+        raise _verdict(outcomes, self.read_quorum, f"read metadata of {bucket}/{key}")
+
+    def quorum_version(self, metas: list[types_pb2.ObjectMeta | None]) -> types_pb2.ObjectMeta | None:
+        """Of per-member copies, the version (data_id) at least read_quorum agree on; newest mtime wins."""
+        by_version: dict[str, list[types_pb2.ObjectMeta]] = collections.defaultdict(list)
+        for meta in metas:
+            if meta is not None:
+                by_version[meta.data_id].append(meta)
+        agreed = [copies for copies in by_version.values() if len(copies) >= self.read_quorum]
+        if not agreed:
+            return None
+        return max(agreed, key=lambda copies: copies[0].mtime_ns)[0]
+
+    async def delete_object(self, bucket: str, key: str) -> None:
+        def call(m: Member):
+            return m.stub.DeleteObject(storage_pb2.ObjectRequest(bucket=bucket, key=key, drive=m.drive),
+                                       timeout=self.timeout)
+        outcomes = await self._each_member(call)
+        if sum(1 for o in outcomes if not _failed(o)) >= self.write_quorum:
+            return
+        raise _verdict(outcomes, self.write_quorum, f"delete {bucket}/{key}")
+
+    async def list_objects(self, bucket: str, prefix: str, start_after: str,
+                           max_keys: int) -> tuple[list[storage_pb2.ObjectEntry], bool]:
+        """Entries that >= read_quorum members list with the same data_id, in key order.
+
+        Each member lists at most max_keys keys, so when a member's page is truncated its view
+        beyond its last key is unknown: only keys up to the smallest such "horizon" are decided,
+        and the listing continues from there until max_keys entries are decided.
+        """
+        if max_keys <= 0:
+            return [], False
+        result: list[storage_pb2.ObjectEntry] = []
+        cursor = start_after
+        while True:
+            def call(m: Member, cursor=cursor):
+                return m.stub.ListObjects(storage_pb2.ListObjectsRequest(
+                    bucket=bucket, prefix=prefix, start_after=cursor, max_keys=max_keys, drive=m.drive),
+                    timeout=self.timeout)
+            outcomes = await self._each_member(call)
+            pages = [o for o in outcomes if not _failed(o)]
+            if len(pages) < self.read_quorum:
+                raise _verdict(outcomes, self.read_quorum, f"list {bucket}")
+            truncated_ends = [p.entries[-1].key for p in pages if p.truncated and p.entries]
+            horizon = min(truncated_ends) if truncated_ends else None
+            copies: dict[str, dict[str, list]] = collections.defaultdict(lambda: collections.defaultdict(list))
+            for page in pages:
+                for entry in page.entries:
+                    if horizon is None or entry.key <= horizon:
+                        copies[entry.key][entry.data_id].append(entry)
+            for key in sorted(copies):
+                agreed = [v for v in copies[key].values() if len(v) >= self.read_quorum]
+                if agreed:
+                    result.append(max(agreed, key=lambda v: v[0].mtime_ns)[0])
+            if len(result) > max_keys:
+                return result[:max_keys], True
+            if horizon is None:
+                return result, False
+            cursor = horizon
+
+    # ---- uploads -------------------------------------------------------------------------
+
+    async def write_shard(self, member: int, upload_id: str, bucket: str,
+                          blocks: AsyncIterator[bytes] | Iterable[bytes],
+                          timeout: float | None = None) -> storage_pb2.WriteShardResponse:
+        """Streams `blocks` (one per stripe, in order) as shard `member` of an upload.
+
+        Raises the member's typed error; a convenience for callers that do not drive the
+        WriteShard stream themselves.
+        """
+        m = self.members[member]
+        source_error: list[BaseException] = []
+
+        async def requests():
+            try:
+                yield storage_pb2.WriteShardRequest(header=storage_pb2.WriteShardHeader(
+                    upload_id=upload_id, bucket=bucket, shard_index=m.index, drive=m.drive))
+                if hasattr(blocks, "__aiter__"):
+                    async for block in blocks:
+                        yield storage_pb2.WriteShardRequest(block=block)
+                else:
+                    for block in blocks:
+                        yield storage_pb2.WriteShardRequest(block=block)
+            except Exception as exc:
+                source_error.append(exc)
+                raise
+        try:
+            return await m.stub.WriteShard(requests(), timeout=timeout)
+        except grpc.RpcError as exc:
+            raise errors.from_rpc_error(exc) from None
+        except asyncio.CancelledError:
+            # grpc.aio cancels the call when the request iterator fails; surface that failure
+            # instead, unless this task itself is being cancelled.
+            task = asyncio.current_task()
+            if source_error and not (task and task.cancelling()):
+                raise source_error[0]
+            raise
+
+    async def read_shard(self, member: int, bucket: str, key: str, data_id: str,
+                         first_block: int, block_count: int,
+                         timeout: float | None = None) -> AsyncIterator[bytes]:
+        """Yields the verified blocks of shard `member`; raises the member's typed error
+        (ObjectTampered when a block fails its checksum)."""
+        m = self.members[member]
+        call = m.stub.ReadShard(storage_pb2.ReadShardRequest(
+            bucket=bucket, key=key, data_id=data_id, first_block=first_block,
+            block_count=block_count, drive=m.drive), timeout=timeout)
+        try:
+            async for block in call:
+                yield block.block
+        except grpc.RpcError as exc:
+            raise errors.from_rpc_error(exc) from None
+        finally:
+            call.cancel()
+
+    async def commit_object(self, upload_id: str, meta: types_pb2.ObjectMeta, members: list[int]) -> None:
+        """Commits the upload on `members` (each gets meta with shard_index = its index).
+
+        Below write_quorum, undoes best effort: deletes the key on the members that committed,
+        so the failed PUT never becomes visible, and drops the temporary shards elsewhere, then
+        raises SlowDown. The undo names the failed version's data_id, so a newer PUT is never
+        deleted. A previous version survives on the members that did not commit (still
+        readable if they are >= read_quorum); its copies on the committed members are gone
+        until healing rebuilds them.
+        """
+        targets = [self.members[i] for i in members]
+
+        def call(m: Member):
+            copy = types_pb2.ObjectMeta()
+            copy.CopyFrom(meta)
+            copy.shard_index = m.index
+            return m.stub.CommitObject(storage_pb2.CommitObjectRequest(
+                upload_id=upload_id, meta=copy, drive=m.drive), timeout=self.timeout)
+        outcomes = await self._each_member(call, targets)
+        committed = [m for m, o in zip(targets, outcomes) if not _failed(o)]
+        if len(committed) >= self.write_quorum:
+            return
+        log.warning("commit of %s/%s (upload %s) reached %d of %d drives; undoing",
+                    meta.bucket, meta.key, upload_id, len(committed), self.write_quorum)
+
+        def undo(m: Member):
+            return m.stub.DeleteObject(storage_pb2.ObjectRequest(bucket=meta.bucket, key=meta.key, drive=m.drive,
+                                                                data_id=upload_id), timeout=self.timeout)
+        await self._each_member(undo, committed)
+        await self.abort_upload(upload_id)
+        if _count(outcomes, errors.NoSuchBucket) >= self.write_quorum:  # deleted meanwhile
+            raise next(o for o in outcomes if isinstance(o, errors.NoSuchBucket))
+        reasons = "; ".join(sorted({f"{type(o).__name__}: {o.message}" for o in outcomes if _failed(o)}))
+        raise errors.SlowDown(f"commit {meta.bucket}/{meta.key}: {len(committed)} of {len(self.members)} "
+                              f"drives committed, {self.write_quorum} needed ({reasons})")
+
+    async def abort_upload(self, upload_id: str) -> None:
+        def call(m: Member):
+            return m.stub.AbortUpload(storage_pb2.AbortUploadRequest(upload_id=upload_id, drive=m.drive),
+                                      timeout=self.timeout)
+        await self._each_member(call)
+
+    async def node_status(self) -> list[storage_pb2.NodeStatusResponse | errors.SealstoreError]:
+        """Each storage node's status (or its error), in address order."""
+        return await asyncio.gather(*(self._guard(s.NodeStatus(types_pb2.Empty(), timeout=self.timeout), a)
+                                      for a, s in self._stubs.items()))

@@ -1,0 +1,3 @@
+from services.storage.server import main
+
+main()

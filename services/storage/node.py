@@ -1,0 +1,67 @@
+"""A storage node: the drives it serves, and bucket operations that span all of them.
+
+Bucket metadata lives on every drive (each drive is a member of the erasure set and must be
+able to answer on its own); object operations address one drive by index.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from sealstore import errors
+from sealstore.v1 import types_pb2
+
+from services.storage.drive import Drive, validate_bucket_name
+
+
+class Node:
+    def __init__(self, node_id: str, drive_paths: list[Path]):
+        if not drive_paths:
+            raise ValueError("a storage node needs at least one drive")
+        self.node_id = node_id
+        self.drives = [Drive(p) for p in drive_paths]
+
+    def drive(self, index: int) -> Drive:
+        if not 0 <= index < len(self.drives):
+            raise errors.InvalidArgument(f"node {self.node_id} has no drive {index} (it has {len(self.drives)})")
+        return self.drives[index]
+
+    def make_bucket(self, bucket: str, created_ns: int) -> types_pb2.BucketInfo:
+        # Drives that missed an earlier make (e.g. added later) get the bucket now; the call
+        # only fails as "already owned" when every drive already had it.
+        validate_bucket_name(bucket)
+        made = [d.make_bucket(bucket, created_ns) for d in self.drives if not d.has_bucket(bucket)]
+        if not made:
+            raise errors.BucketAlreadyOwnedByYou(resource=bucket)
+        return made[0]
+
+    def get_bucket(self, bucket: str) -> types_pb2.BucketInfo:
+        for d in self.drives:
+            if d.has_bucket(bucket):
+                return d.get_bucket(bucket)
+        raise errors.NoSuchBucket(resource=bucket)
+
+    def list_buckets(self) -> list[types_pb2.BucketInfo]:
+        by_name: dict[str, types_pb2.BucketInfo] = {}
+        for d in self.drives:
+            for info in d.list_buckets():
+                by_name.setdefault(info.name, info)
+        return [by_name[name] for name in sorted(by_name)]
+
+    def delete_bucket(self, bucket: str) -> None:
+        holders = [d for d in self.drives if d.has_bucket(bucket)]
+        if not holders:
+            raise errors.NoSuchBucket(resource=bucket)
+        # Check every drive before deleting any, so a refusal leaves all drives unchanged.
+        if any(not d.is_bucket_empty(bucket) for d in holders):
+            raise errors.BucketNotEmpty(resource=bucket)
+        for d in holders:
+            d.delete_bucket(bucket)
+
+    def set_bucket_encryption(self, bucket: str, enc: types_pb2.BucketEncryption) -> types_pb2.BucketInfo:
+        holders = [d for d in self.drives if d.has_bucket(bucket)]
+        if not holders:
+            raise errors.NoSuchBucket(resource=bucket)
+        return [d.set_bucket_encryption(bucket, enc) for d in holders][0]
+
+    def count_objects(self) -> int:
+        return sum(d.count_objects() for d in self.drives)

@@ -1,0 +1,54 @@
+"""Starts a storage node: `python -m services.storage --listen HOST:PORT --data-dir DIR --drives D1[,D2...]`.
+
+Memory note for the launcher (it sets the environment, not this module): glibc returns every
+freed block of 128 KiB or more to the OS, so each ~0.5 MiB shard block would pay fresh page
+faults; MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=268435456 avoid that.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from pathlib import Path
+
+from sealstore import config
+from sealstore.rpc import build_server, configure_logging, run_server
+from sealstore.v1 import storage_pb2_grpc
+
+from services.storage.node import Node
+from services.storage.servicer import StorageServicer
+
+ROLE = "storage"
+log = logging.getLogger(__name__)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m services.storage", description=__doc__.splitlines()[0])
+    p.add_argument("--listen", required=True, help="host:port to serve gRPC on")
+    p.add_argument("--data-dir", required=True, type=Path, help="cluster data folder (certificates)")
+    p.add_argument("--drives", required=True,
+                   help="comma-separated drive folders; drive i of a request is the i-th folder")
+    p.add_argument("--node-id", default="", help="name reported by NodeStatus (default: the listen address)")
+    return p.parse_args(argv)
+
+
+def build(args: argparse.Namespace):
+    drives = [Path(d.strip()).resolve() for d in args.drives.split(",") if d.strip()]
+    node = Node(args.node_id or args.listen, drives)
+    server = build_server(
+        certs=config.certs_dir(args.data_dir.resolve()), role=ROLE, listen=args.listen,
+        services=[(storage_pb2_grpc.add_StorageServiceServicer_to_server, StorageServicer(node),
+                   "sealstore.v1.StorageService")])
+    return node, server
+
+
+async def serve(args: argparse.Namespace) -> None:
+    node, server = build(args)
+    log.info("storage node %s listening on %s with drives %s", node.node_id, args.listen,
+             ", ".join(str(d.root) for d in node.drives))
+    await run_server(server)
+
+
+def main(argv=None) -> None:
+    configure_logging("storage")
+    asyncio.run(serve(parse_args(argv)))

@@ -1,0 +1,107 @@
+"""StorageService over gRPC: converts protobuf requests into calls on the node's drives.
+
+File I/O runs on the event loop: drives are local, blocks are ~0.5 MiB, and keeping each
+drive call free of awaits is what serialises meta.json updates (see drive.py). Only the
+final fsync of an uploaded shard, which can take long for a big shard, runs in a thread.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from sealstore import errors
+from sealstore.v1 import storage_pb2, storage_pb2_grpc, types_pb2
+
+from services.storage.node import Node
+from services.storage.shardfile import ShardWriter
+
+log = logging.getLogger(__name__)
+
+
+class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
+    def __init__(self, node: Node):
+        self.node = node
+
+    # ---- buckets -------------------------------------------------------------------------
+
+    async def MakeBucket(self, request, context):
+        return self.node.make_bucket(request.bucket, request.created_ns)
+
+    async def GetBucket(self, request, context):
+        return self.node.get_bucket(request.bucket)
+
+    async def ListBuckets(self, request, context):
+        return storage_pb2.ListBucketsResponse(buckets=self.node.list_buckets())
+
+    async def DeleteBucket(self, request, context):
+        self.node.delete_bucket(request.bucket)
+        return types_pb2.Empty()
+
+    async def SetBucketEncryption(self, request, context):
+        return self.node.set_bucket_encryption(request.bucket, request.encryption)
+
+    # ---- uploads -------------------------------------------------------------------------
+
+    async def WriteShard(self, request_iterator, context):
+        writer: ShardWriter | None = None
+        try:
+            async for request in request_iterator:
+                kind = request.WhichOneof("message")
+                if kind == "header":
+                    if writer is not None:
+                        raise errors.InvalidRequest("WriteShard got a second header")
+                    h = request.header
+                    writer = self.node.drive(h.drive).open_upload(h.upload_id, h.bucket)
+                elif kind == "block":
+                    if writer is None:
+                        raise errors.InvalidRequest("WriteShard must start with a header")
+                    writer.write_block(request.block)
+            if writer is None:
+                raise errors.InvalidRequest("WriteShard got no header")
+            blocks, nbytes = await asyncio.to_thread(writer.finish)
+            return storage_pb2.WriteShardResponse(blocks=blocks, bytes=nbytes)
+        except BaseException:
+            # A broken stream (client gone, cancelled, bad block) must not leave a tmp shard.
+            if writer is not None:
+                writer.discard()
+            raise
+
+    async def CommitObject(self, request, context):
+        self.node.drive(request.drive).commit_object(request.upload_id, request.meta)
+        return types_pb2.Empty()
+
+    async def AbortUpload(self, request, context):
+        self.node.drive(request.drive).abort_upload(request.upload_id)
+        return types_pb2.Empty()
+
+    # ---- objects -------------------------------------------------------------------------
+
+    async def GetObjectMeta(self, request, context):
+        return self.node.drive(request.drive).get_object_meta(request.bucket, request.key)
+
+    async def ReadShard(self, request, context):
+        reader = self.node.drive(request.drive).open_shard(request.bucket, request.key, request.data_id)
+        try:
+            # block_count 0 means "to the last block".
+            count = request.block_count or max(0, reader.block_count - request.first_block)
+            for index, block in reader.read_blocks(request.first_block, count):
+                yield storage_pb2.ShardBlock(index=index, block=block)
+        except errors.ObjectTampered as err:
+            log.warning("drive %d: %s", request.drive, err.message)
+            raise
+        finally:
+            reader.close()
+
+    async def DeleteObject(self, request, context):
+        self.node.drive(request.drive).delete_object(request.bucket, request.key, only_data_id=request.data_id)
+        return types_pb2.Empty()
+
+    async def ListObjects(self, request, context):
+        entries, truncated = self.node.drive(request.drive).list_objects(
+            request.bucket, request.prefix, request.start_after, request.max_keys)
+        return storage_pb2.ListObjectsResponse(entries=entries, truncated=truncated)
+
+    async def NodeStatus(self, request, context):
+        return storage_pb2.NodeStatusResponse(
+            node_id=self.node.node_id, drives=[str(d.root) for d in self.node.drives],
+            objects=self.node.count_objects())
