@@ -1,0 +1,3 @@
+from services.crypto.server import main
+
+main()

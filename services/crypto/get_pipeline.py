@@ -1,0 +1,173 @@
+"""GET: metadata -> range -> (kms Decrypt, unseal OEK) -> stripes from k members -> plaintext.
+
+No gRPC types here. `open_object` does every step that can fail for a reason the client
+must hear as a clean error (NoSuchKey, InvalidRange, KMSDisabled, KMSNotFound, a sealed
+key that does not authenticate) before any byte is sent; `ObjectReader.chunks` then reads
+only the stripes covering the range and decrypts from the right sequence number. Every
+authentication failure is ObjectTampered: garbage is never returned.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+from sealstore import errors
+from sealstore.erasure_set import ErasureSetClient
+from sealstore.v1 import types_pb2
+from services.crypto import dare, erasure, keys
+from services.crypto.kms_client import KmsClient
+from services.crypto.shard_io import StripeReader
+
+MESSAGE_SIZE = 1 << 20
+"""Largest plaintext chunk handed to the sender."""
+
+
+@dataclass(frozen=True)
+class RangeRequest:
+    """An HTTP byte range before it is resolved: bytes=first-last (last < 0: open) or bytes=-suffix."""
+
+    first: int = 0
+    last: int = -1
+    suffix_length: int = 0
+    is_suffix: bool = False
+
+
+@dataclass(frozen=True)
+class ResolvedRange:
+    offset: int
+    length: int
+    is_range: bool
+
+
+def resolve_range(size: int, requested: RangeRequest | None) -> ResolvedRange:
+    """S3 semantics: an unsatisfiable range is InvalidRange; a last byte beyond the end clamps."""
+    if requested is None:
+        return ResolvedRange(0, size, False)
+    if requested.is_suffix:
+        if requested.suffix_length <= 0 or size == 0:
+            raise errors.InvalidRange(f"bytes=-{requested.suffix_length} of an object of {size} bytes")
+        length = min(requested.suffix_length, size)
+        return ResolvedRange(size - length, length, True)
+    first, last = requested.first, requested.last
+    if first < 0:
+        raise errors.InvalidRange(f"bytes={first}-{last}")
+    if 0 <= last < first:
+        # Syntactically invalid ranges are ignored by S3: the whole object is returned.
+        return ResolvedRange(0, size, False)
+    if first >= size:
+        raise errors.InvalidRange(f"bytes={first}-{'' if last < 0 else last} of an object of {size} bytes")
+    end = size - 1 if last < 0 else min(last, size - 1)
+    return ResolvedRange(first, end - first + 1, True)
+
+
+@dataclass
+class ObjectReader:
+    store: ErasureSetClient
+    meta: types_pb2.ObjectMeta
+    range: ResolvedRange
+    oek: bytearray | None
+    holders: list[int]
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The range's plaintext in chunks of at most MESSAGE_SIZE bytes."""
+        try:
+            if self.range.length == 0:
+                return
+            if self.oek is None:
+                source = self._stored_bytes(self.range.offset, self.range.length)
+            else:
+                source = self._decrypted()
+            out = bytearray()
+            async for piece in source:
+                out += piece
+                while len(out) >= MESSAGE_SIZE:
+                    yield bytes(out[:MESSAGE_SIZE])
+                    del out[:MESSAGE_SIZE]
+            if out:
+                yield bytes(out)
+        finally:
+            if self.oek is not None:
+                keys.zero(self.oek)
+
+    async def _stored_bytes(self, offset: int, length: int) -> AsyncIterator[memoryview]:
+        """Bytes [offset, offset+length) of the stored stream, read stripe by stripe."""
+        layout = self.meta.erasure
+        stripe_size = layout.stripe_size
+        if offset + length > self.meta.stored_size or stripe_size == 0:
+            raise errors.ObjectTampered(f"{self.meta.bucket}/{self.meta.key}: metadata sizes are inconsistent")
+        coder = erasure.StripeCoder(layout.data_shards, layout.parity_shards, layout.ec_type or erasure.EC_TYPE)
+        first, count = erasure.stripe_span(offset, length, stripe_size)
+        reader = StripeReader(self.store, coder, self.meta.bucket, self.meta.key, self.meta.data_id, self.holders)
+        stripe_index = first
+        async for stripe in reader.stripes(first, count):
+            start = stripe_index * stripe_size
+            expected = min(stripe_size, self.meta.stored_size - start)
+            if len(stripe) != expected:
+                raise errors.ObjectTampered(f"{self.meta.bucket}/{self.meta.key}: stripe {stripe_index} "
+                                            f"has {len(stripe)} bytes, {expected} expected")
+            lo = max(offset, start) - start
+            hi = min(offset + length, start + len(stripe)) - start
+            yield memoryview(stripe)[lo:hi]
+            stripe_index += 1
+
+    async def _decrypted(self) -> AsyncIterator[memoryview]:
+        size, enc = self.meta.size, self.meta.encryption
+        if dare.encrypted_size(size) != self.meta.stored_size:
+            raise errors.ObjectTampered(f"{self.meta.bucket}/{self.meta.key}: stored size does not match")
+        span = dare.package_range(self.range.offset, self.range.length, size)
+        last_package = dare.package_count(size) - 1
+        decryptor = dare.DareDecryptor(self.oek, seq=span.first_package, last_seq=last_package,
+                                       cipher=dare.cipher_id(enc.cipher))
+        skip, remaining = span.skip, self.range.length
+        async for ciphertext in self._stored_bytes(span.ciphertext_offset, span.ciphertext_length):
+            for plain in decryptor.update(ciphertext):
+                if skip:
+                    cut = min(skip, len(plain))
+                    plain, skip = plain[cut:], skip - cut
+                if remaining and len(plain):
+                    piece = plain[:remaining]
+                    remaining -= len(piece)
+                    yield piece
+        if span.last_package == last_package:
+            decryptor.finish()
+        else:
+            decryptor.check_complete_prefix()
+        if remaining:
+            raise errors.ObjectTampered(f"{self.meta.bucket}/{self.meta.key}: {remaining} bytes missing")
+
+
+async def open_object(store: ErasureSetClient, kms: KmsClient, bucket: str, key: str,
+                      requested: RangeRequest | None) -> ObjectReader:
+    """Everything a GET needs before its first byte; raises the client-visible errors."""
+    metas = await store.get_object_metas(bucket, key)
+    meta = store.quorum_version(metas)
+    if meta is None:
+        # Let the quorum client decide between NoSuchKey and SlowDown.
+        meta = await store.get_object_meta(bucket, key)
+        metas = await store.get_object_metas(bucket, key)
+    holders = [i for i, m in enumerate(metas) if m is not None and m.data_id == meta.data_id]
+    resolved = resolve_range(meta.size, requested)
+    oek = await unseal_object_key(kms, meta) if meta.HasField("encryption") else None
+    return ObjectReader(store, meta, resolved, oek, holders)
+
+
+async def unseal_object_key(kms: KmsClient, meta: types_pb2.ObjectMeta) -> bytearray:
+    """kms Decrypt of the DEK, then the OEK from the sealed key (both bound to bucket/object)."""
+    enc = meta.encryption
+    if enc.seal_algorithm != keys.SEAL_ALGORITHM or enc.domain != keys.DOMAIN_SSE_KMS:
+        raise errors.NotImplementedS3(f"{meta.bucket}/{meta.key} uses unsupported sealing "
+                                      f"{enc.seal_algorithm!r}/{enc.domain!r}")
+    try:
+        dare.cipher_id(enc.cipher)
+    except ValueError:
+        raise errors.NotImplementedS3(f"{meta.bucket}/{meta.key} uses unsupported cipher {enc.cipher!r}") from None
+    aad = keys.kms_context(meta.bucket, meta.key, keys.parse_context_json(enc.context_json))
+    dek = bytearray(await kms.decrypt(enc.kms_key_name, enc.encrypted_dek, aad))
+    try:
+        ctx = keys.SealContext(meta.bucket, meta.key, bytes(enc.iv), domain=enc.domain,
+                               algorithm=enc.seal_algorithm)
+        return keys.unseal_oek(dek, enc.sealed_oek, ctx)
+    except ValueError:
+        raise errors.ObjectTampered(f"{meta.bucket}/{meta.key}: malformed encryption envelope") from None
+    finally:
+        keys.zero(dek)

@@ -1,0 +1,177 @@
+"""MinIO's SSE-KMS key hierarchy (internal/crypto/key.go): pure functions, explicit context.
+
+    DEK  = data key from the kms (GenerateKey(name, AAD) / Decrypt(name, ciphertext, AAD))
+    OEK  = HMAC-SHA256(DEK, "object-encryption-key generation" || 32 random bytes)
+    IV   = 32 random bytes, stored
+    KEK  = HMAC-SHA256(DEK, IV || domain || "DAREv2-HMAC-SHA256" || path.Join(bucket, object))
+    sealed OEK = one final DARE 2.0 package of the OEK under the KEK (64 bytes), stored
+
+docs/crypto.md states every step; nothing here does I/O or logs key bytes.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+from dataclasses import dataclass
+
+from sealstore import errors
+from services.crypto import dare
+
+SEAL_ALGORITHM = "DAREv2-HMAC-SHA256"
+DOMAIN_SSE_KMS = "SSE-KMS"
+OEK_GENERATION_LABEL = b"object-encryption-key generation"
+IV_SIZE = 32
+KEY_SIZE = 32
+SEALED_KEY_SIZE = dare.HEADER_SIZE + KEY_SIZE + dare.TAG_SIZE
+
+
+# --- contexts ---------------------------------------------------------------------------
+
+def _validate_context(context: object) -> dict[str, str]:
+    if not isinstance(context, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in context.items()):
+        raise errors.InvalidArgument("The encryption context must be a JSON object of strings to strings.")
+    return context
+
+
+def canonical_context_json(context: dict[str, str]) -> str:
+    """Keys sorted, compact, UTF-8 kept, and Go's HTML-safe escapes (as MinIO's MarshalText)."""
+    text = json.dumps(_validate_context(context), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    # These characters only occur inside JSON strings, so plain replacement is exact.
+    for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
+                         ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        text = text.replace(char, escape)
+    return text
+
+
+def parse_context_json(text: str) -> dict[str, str]:
+    """The client context stored or sent as JSON ('' means none)."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise errors.InvalidArgument("The encryption context is not valid JSON.") from None
+    return _validate_context(value)
+
+
+def go_path_clean(path: str) -> str:
+    """Go's path.Clean: lexical shortest equivalent ('.' for empty)."""
+    if path == "":
+        return "."
+    rooted = path.startswith("/")
+    parts: list[str] = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if parts and parts[-1] != "..":
+                parts.pop()
+            elif not rooted:
+                parts.append("..")
+            continue
+        parts.append(part)
+    cleaned = "/".join(parts)
+    if rooted:
+        return "/" + cleaned
+    return cleaned or "."
+
+
+def object_path(bucket: str, object_name: str) -> str:
+    """Go's path.Join(bucket, object): the canonical "bucket/object" bound into AAD and KEK."""
+    elements = [e for e in (bucket, object_name) if e]
+    if not elements:
+        return ""
+    return go_path_clean("/".join(elements))
+
+
+def kms_context(bucket: str, object_name: str, client_context: dict[str, str]) -> bytes:
+    """The AAD sent to the kms: the client context plus {bucket: "bucket/object"} unless the
+    client already used the bucket name as a key."""
+    context = dict(_validate_context(client_context))
+    if bucket not in context:
+        context[bucket] = object_path(bucket, object_name)
+    return canonical_context_json(context).encode()
+
+
+# --- key derivation ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SealContext:
+    """What a sealed object key is bound to."""
+
+    bucket: str
+    object_name: str
+    iv: bytes
+    domain: str = DOMAIN_SSE_KMS
+    algorithm: str = SEAL_ALGORITHM
+
+    def __post_init__(self):
+        if len(self.iv) != IV_SIZE:
+            raise ValueError("the key-derivation IV is 32 bytes")
+        if self.algorithm != SEAL_ALGORITHM:
+            raise errors.InvalidArgument(f"unsupported seal algorithm {self.algorithm!r}")
+
+
+def generate_iv() -> bytes:
+    return os.urandom(IV_SIZE)
+
+
+def generate_oek(dek: bytes | bytearray, random: bytes | None = None) -> bytearray:
+    """OEK = HMAC-SHA256(DEK, "object-encryption-key generation" || 32 random bytes)."""
+    _check_key(dek, "DEK")
+    random = os.urandom(32) if random is None else random
+    if len(random) != 32:
+        raise ValueError("OEK generation takes 32 random bytes")
+    return bytearray(hmac.new(bytes(dek), OEK_GENERATION_LABEL + random, hashlib.sha256).digest())
+
+
+def derive_kek(dek: bytes | bytearray, ctx: SealContext) -> bytearray:
+    """KEK = HMAC-SHA256(DEK, IV || domain || algorithm || path.Join(bucket, object))."""
+    _check_key(dek, "DEK")
+    message = (ctx.iv + ctx.domain.encode() + ctx.algorithm.encode()
+               + object_path(ctx.bucket, ctx.object_name).encode())
+    return bytearray(hmac.new(bytes(dek), message, hashlib.sha256).digest())
+
+
+def seal_oek(dek: bytes | bytearray, oek: bytes | bytearray, ctx: SealContext, *,
+             cipher: int = dare.AES_256_GCM, random_value: bytes | None = None) -> bytes:
+    """The OEK as one final DARE 2.0 package under the KEK: 64 bytes."""
+    _check_key(oek, "OEK")
+    kek = derive_kek(dek, ctx)
+    try:
+        return dare.seal_package(kek, bytes(oek), cipher=cipher, random_value=random_value, seq=0, final=True)
+    finally:
+        zero(kek)
+
+
+def unseal_oek(dek: bytes | bytearray, sealed: bytes, ctx: SealContext) -> bytearray:
+    """The OEK, or ObjectTampered when the sealed key does not belong to this DEK/IV/bucket/object."""
+    if len(sealed) != SEALED_KEY_SIZE:
+        raise errors.ObjectTampered(
+            f"the sealed object key of {object_path(ctx.bucket, ctx.object_name)} has the wrong size")
+    kek = derive_kek(dek, ctx)
+    try:
+        oek, final = dare.open_package(kek, sealed, seq=0)
+    except errors.SealstoreError:
+        raise errors.ObjectTampered(
+            f"the sealed object key of {object_path(ctx.bucket, ctx.object_name)} failed authentication") from None
+    finally:
+        zero(kek)
+    if not final or len(oek) != KEY_SIZE:
+        raise errors.ObjectTampered(
+            f"the sealed object key of {object_path(ctx.bucket, ctx.object_name)} is malformed")
+    return bytearray(oek)
+
+
+def _check_key(key: bytes | bytearray, what: str) -> None:
+    if len(key) != KEY_SIZE:
+        raise ValueError(f"the {what} must be 32 bytes")
+
+
+def zero(buf: bytearray | None) -> None:
+    """Overwrites a key held in a bytearray (best effort: copies made by libraries remain)."""
+    if isinstance(buf, bytearray):
+        buf[:] = bytes(len(buf))

@@ -1,0 +1,213 @@
+"""PUT: plaintext stream in -> (DARE 2.0) -> stripes -> erasure fragments -> storage members.
+
+No gRPC types here. Order of events (docs/crypto.md, "PUT"):
+1. the bucket must exist; 2. with SSE-KMS, one kms GenerateKey(name, AAD) - its errors
+(KMSNotFound, KMSDisabled, ...) surface before anything is written; 3. OEK, IV, KEK,
+sealed OEK; 4. the body is encrypted, cut into stripes, coded and streamed to all members
+at once; 5. only when the body's end marker arrives with the right size is the metadata
+committed. Anything else (broken stream, cancellation, lost quorum) aborts the upload on
+every member, so nothing becomes visible.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+import xxhash
+
+from sealstore import errors
+from sealstore.erasure_set import ErasureSetClient
+from sealstore.v1 import types_pb2
+from services.crypto import dare, erasure, keys
+from services.crypto.kms_client import KmsClient
+from services.crypto.shard_io import ShardFanout
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+ENVELOPE_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SseKms:
+    key_name: str
+    context: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PutHeader:
+    bucket: str
+    key: str
+    content_type: str = ""
+    user_metadata: dict[str, str] = field(default_factory=dict)
+    sse_kms: SseKms | None = None
+    content_length: int = -1
+
+
+@dataclass(frozen=True)
+class BodyEnd:
+    """The sender's end marker: the total plaintext bytes it sent."""
+
+    size: int
+
+
+class StripeBuffer:
+    """Collects the stored stream into fixed-size stripes, reusing one buffer."""
+
+    def __init__(self, stripe_size: int = erasure.STRIPE_SIZE):
+        self._buf = bytearray(stripe_size)
+        self._len = 0
+        self.size = stripe_size
+
+    def add(self, data) -> list[bytes]:
+        """Appends `data`; returns the stripes it completed."""
+        out = []
+        view = memoryview(data).cast("B")
+        pos = 0
+        while pos < len(view):
+            take = min(self.size - self._len, len(view) - pos)
+            self._buf[self._len:self._len + take] = view[pos:pos + take]
+            self._len += take
+            pos += take
+            if self._len == self.size:
+                out.append(bytes(self._buf))
+                self._len = 0
+        return out
+
+    def flush(self) -> bytes | None:
+        if not self._len:
+            return None
+        stripe = bytes(self._buf[:self._len])
+        self._len = 0
+        return stripe
+
+
+@dataclass
+class _Sealing:
+    """What SSE-KMS puts into the envelope, and the OEK to encrypt with."""
+
+    oek: bytearray
+    envelope: types_pb2.EncryptionEnvelope
+
+
+async def _seal_new_object(kms: KmsClient, header: PutHeader, cipher: int) -> _Sealing:
+    sse = header.sse_kms
+    assert sse is not None
+    if not sse.key_name:
+        raise errors.KMSInvalidKeyName("SSE-KMS needs a key name")
+    aad = keys.kms_context(header.bucket, header.key, sse.context)
+    dek_plain, dek_ciphertext = await kms.generate_key(sse.key_name, aad)
+    dek = bytearray(dek_plain)
+    del dek_plain
+    try:
+        iv = keys.generate_iv()
+        oek = keys.generate_oek(dek)
+        ctx = keys.SealContext(header.bucket, header.key, iv)
+        sealed = keys.seal_oek(dek, oek, ctx, cipher=cipher)
+    finally:
+        keys.zero(dek)
+    envelope = types_pb2.EncryptionEnvelope(
+        format_version=ENVELOPE_FORMAT_VERSION, seal_algorithm=keys.SEAL_ALGORITHM,
+        cipher=dare.CIPHER_NAMES[cipher], kms_key_name=sse.key_name, encrypted_dek=dek_ciphertext,
+        sealed_oek=sealed, iv=iv, context_json=keys.canonical_context_json(sse.context) if sse.context else "",
+        domain=keys.DOMAIN_SSE_KMS)
+    return _Sealing(oek, envelope)
+
+
+async def put_object(store: ErasureSetClient, kms: KmsClient, header: PutHeader,
+                     body: AsyncIterator[bytes | BodyEnd], *,
+                     cipher: int = dare.AES_256_GCM) -> types_pb2.ObjectMeta:
+    """Stores the object; returns its committed metadata."""
+    await store.get_bucket(header.bucket)
+    sealing = await _seal_new_object(kms, header, cipher) if header.sse_kms is not None else None
+    coder = erasure.StripeCoder(store.data_shards, store.parity_shards)
+    upload_id = uuid.uuid4().hex
+    fanout = ShardFanout(store, upload_id, header.bucket)
+    try:
+        stored = await _stream_body(body, header, fanout, coder, sealing, cipher)
+        members = await fanout.finish()
+        meta = _object_meta(header, upload_id, stored, coder, sealing)
+        await store.commit_object(upload_id, meta, members)
+        return meta
+    except BaseException as exc:
+        log.info("upload %s of %s/%s aborted: %s", upload_id, header.bucket, header.key,
+                 getattr(exc, "message", None) or type(exc).__name__)
+        # Shielded: a cancelled PUT must still clean up after itself.
+        await asyncio.shield(asyncio.ensure_future(fanout.abort()))
+        raise
+    finally:
+        if sealing is not None:
+            keys.zero(sealing.oek)
+
+
+@dataclass
+class _Stored:
+    plain_size: int
+    stored_size: int
+    stripes: int
+    etag: str
+
+
+async def _stream_body(body: AsyncIterator[bytes | BodyEnd], header: PutHeader, fanout: ShardFanout,
+                       coder: erasure.StripeCoder, sealing: _Sealing | None, cipher: int) -> _Stored:
+    stripes = StripeBuffer()
+    encryptor = dare.DareEncryptor(sealing.oek, cipher=cipher) if sealing else None
+    # SSE-KMS objects get no MD5 ETag (as AWS and MinIO); xxh3-128 of the ciphertext is cheap.
+    digest = xxhash.xxh3_128() if sealing else hashlib.md5()
+    received = stored = count = 0
+    end: BodyEnd | None = None
+
+    async def emit(completed: list[bytes]) -> None:
+        nonlocal stored, count
+        for stripe in completed:
+            if sealing:
+                digest.update(stripe)
+            stored += len(stripe)
+            count += 1
+            await fanout.send(coder.encode(stripe))
+
+    async for item in body:
+        if isinstance(item, BodyEnd):
+            end = item
+            break
+        if not item:
+            continue
+        received += len(item)
+        if header.content_length >= 0 and received > header.content_length:
+            raise errors.IncompleteBody(f"more than the announced {header.content_length} bytes arrived")
+        if encryptor is None:
+            digest.update(item)
+            await emit(stripes.add(item))
+        else:
+            for package in encryptor.update(item):
+                await emit(stripes.add(package))
+    if end is None:
+        raise errors.IncompleteBody("the upload stream ended without its end marker")
+    if end.size != received or (header.content_length >= 0 and header.content_length != received):
+        raise errors.IncompleteBody(f"received {received} bytes, the sender announced {end.size}")
+    if encryptor is not None:
+        for package in encryptor.finish():
+            await emit(stripes.add(package))
+    last = stripes.flush()
+    if last is not None:
+        await emit([last])
+    return _Stored(received, stored, count, digest.hexdigest())
+
+
+def _object_meta(header: PutHeader, upload_id: str, stored: _Stored, coder: erasure.StripeCoder,
+                 sealing: _Sealing | None) -> types_pb2.ObjectMeta:
+    meta = types_pb2.ObjectMeta(
+        format_version=FORMAT_VERSION, bucket=header.bucket, key=header.key, data_id=upload_id,
+        size=stored.plain_size, stored_size=stored.stored_size, etag=stored.etag, mtime_ns=time.time_ns(),
+        content_type=header.content_type, user_metadata=header.user_metadata,
+        erasure=types_pb2.ErasureLayout(
+            data_shards=coder.data_shards, parity_shards=coder.parity_shards, stripe_size=erasure.STRIPE_SIZE,
+            ec_type=coder.ec_type, block_checksum=erasure.BLOCK_CHECKSUM, stripe_count=stored.stripes))
+    if sealing is not None:
+        meta.encryption.CopyFrom(sealing.envelope)
+    return meta

@@ -1,0 +1,60 @@
+"""CryptoService over gRPC: protobuf in, domain calls (put_pipeline / get_pipeline) out."""
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+from sealstore import errors
+from sealstore.erasure_set import ErasureSetClient
+from sealstore.v1 import crypto_pb2, crypto_pb2_grpc
+from services.crypto import dare, keys
+from services.crypto.get_pipeline import RangeRequest, open_object
+from services.crypto.kms_client import KmsClient
+from services.crypto.put_pipeline import BodyEnd, PutHeader, SseKms, put_object
+
+
+def _put_header(msg: crypto_pb2.PutObjectHeader) -> PutHeader:
+    sse = None
+    if msg.HasField("sse_kms"):
+        sse = SseKms(msg.sse_kms.key_name, keys.parse_context_json(msg.sse_kms.context_json))
+    return PutHeader(bucket=msg.bucket, key=msg.key, content_type=msg.content_type,
+                     user_metadata=dict(msg.user_metadata), sse_kms=sse, content_length=msg.content_length)
+
+
+async def _body(requests) -> AsyncIterator[bytes | BodyEnd]:
+    async for request in requests:
+        kind = request.WhichOneof("message")
+        if kind == "data":
+            yield request.data
+        elif kind == "end":
+            yield BodyEnd(request.end.size)
+            return
+        else:
+            raise errors.InvalidRequest("PutObject got a second header")
+
+
+class CryptoServicer(crypto_pb2_grpc.CryptoServiceServicer):
+    def __init__(self, store: ErasureSetClient, kms: KmsClient, cipher: int = dare.AES_256_GCM):
+        self.store = store
+        self.kms = kms
+        self.cipher = cipher
+
+    async def PutObject(self, request_iterator, context):
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("message") != "header":
+            raise errors.InvalidRequest("PutObject must start with a header")
+        meta = await put_object(self.store, self.kms, _put_header(first.header), _body(request_iterator),
+                                cipher=self.cipher)
+        return crypto_pb2.PutObjectResponse(meta=meta)
+
+    async def GetObject(self, request, context):
+        requested = None
+        if request.HasField("range"):
+            r = request.range
+            requested = RangeRequest(first=r.first, last=r.last, suffix_length=r.suffix_length,
+                                     is_suffix=r.is_suffix)
+        reader = await open_object(self.store, self.kms, request.bucket, request.key, requested)
+        yield crypto_pb2.GetObjectResponse(head=crypto_pb2.GetObjectHead(
+            meta=reader.meta, offset=reader.range.offset, length=reader.range.length,
+            is_range=reader.range.is_range))
+        async for chunk in reader.chunks():
+            yield crypto_pb2.GetObjectResponse(data=chunk)

@@ -1,0 +1,177 @@
+"""Moving shard blocks between the worker and the storage members of the erasure set.
+
+`ShardFanout` streams fragment i of every stripe to member i, all members concurrently,
+with a small bounded queue per member: a slow member slows the PUT down instead of
+growing memory, and a member that fails is dropped (the PUT goes on while at least
+write_quorum members remain). `StripeReader` reads the blocks of a stripe range from k
+members, replacing a member that fails mid-way with another one holding the same data.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import AsyncIterator
+
+import grpc
+
+from sealstore import errors
+from sealstore.erasure_set import ErasureSetClient, Member
+from sealstore.v1 import storage_pb2
+from services.crypto.erasure import StripeCoder
+
+log = logging.getLogger(__name__)
+
+QUEUE_DEPTH = 4
+"""Blocks buffered per member (each ~1/k MiB) before the PUT waits for that member."""
+
+_END = None
+
+
+class _MemberWriter:
+    def __init__(self, member: Member, upload_id: str, bucket: str):
+        self.member = member
+        self.queue: asyncio.Queue = asyncio.Queue(QUEUE_DEPTH)
+        self.error: errors.SealstoreError | None = None
+        self.response: storage_pb2.WriteShardResponse | None = None
+        self.cancelled = False
+        header = storage_pb2.WriteShardRequest(header=storage_pb2.WriteShardHeader(
+            upload_id=upload_id, bucket=bucket, shard_index=member.index, drive=member.drive))
+        self.task = asyncio.ensure_future(self._run(header))
+        self.task.add_done_callback(self._on_done)
+
+    async def _requests(self, header):
+        yield header
+        while True:
+            block = await self.queue.get()
+            if block is _END:
+                return
+            yield storage_pb2.WriteShardRequest(block=block)
+
+    async def _run(self, header) -> None:
+        try:
+            self.response = await self.member.stub.WriteShard(self._requests(header))
+        except grpc.RpcError as exc:
+            self.error = errors.from_rpc_error(exc)
+        except asyncio.CancelledError:
+            self.error = errors.ServiceUnavailable("upload cancelled")
+            self.cancelled = True
+            raise
+        except Exception as exc:
+            self.error = errors.ServiceUnavailable(f"{type(exc).__name__}")
+
+    def _on_done(self, _task) -> None:
+        if self.error is not None and not self.cancelled:
+            log.warning("shard %d on %s dropped: %s", self.member.index, self.member.address, self.error.message)
+        # Unblock a producer waiting on a full queue that nobody will read any more.
+        while not self.queue.empty():
+            self.queue.get_nowait()
+
+    @property
+    def alive(self) -> bool:
+        return self.error is None and not (self.task.done() and self.response is None)
+
+
+class ShardFanout:
+    def __init__(self, store: ErasureSetClient, upload_id: str, bucket: str):
+        self.store = store
+        self.upload_id = upload_id
+        self._writers = [_MemberWriter(m, upload_id, bucket) for m in store.members]
+
+    def _check_quorum(self) -> list[_MemberWriter]:
+        alive = [w for w in self._writers if w.alive]
+        if len(alive) < self.store.write_quorum:
+            reasons = "; ".join(sorted({w.error.message for w in self._writers if w.error}))
+            raise errors.SlowDown(f"only {len(alive)} of {len(self._writers)} drives are taking the upload, "
+                                  f"{self.store.write_quorum} needed ({reasons})")
+        return alive
+
+    async def send(self, fragments: list[bytes]) -> None:
+        """Queues fragment i for member i; waits while a live member's queue is full."""
+        for writer in self._check_quorum():
+            if writer.alive:
+                await writer.queue.put(fragments[writer.member.index])
+
+    async def finish(self) -> list[int]:
+        """Ends every shard stream; the members whose shard was stored (>= write_quorum)."""
+        for writer in self._check_quorum():
+            await writer.queue.put(_END)
+        await asyncio.gather(*(w.task for w in self._writers), return_exceptions=True)
+        done = [w.member.index for w in self._writers if w.error is None and w.response is not None]
+        if len(done) < self.store.write_quorum:
+            self._check_quorum()
+            raise errors.SlowDown(f"only {len(done)} drives stored their shard")
+        return done
+
+    async def abort(self) -> None:
+        """Stops every shard stream and drops the temporary shards everywhere (best effort)."""
+        for writer in self._writers:
+            writer.task.cancel()
+        await asyncio.gather(*(w.task for w in self._writers), return_exceptions=True)
+        try:
+            await self.store.abort_upload(self.upload_id)
+        except Exception as exc:  # best effort: storage nodes also drop tmp shards of broken streams
+            log.warning("abort of upload %s incomplete: %r", self.upload_id, exc)
+
+
+class StripeReader:
+    """Stripes [first, first+count) of one stored object, decoded from k members' blocks."""
+
+    def __init__(self, store: ErasureSetClient, coder: StripeCoder, bucket: str, key: str, data_id: str,
+                 holders: list[int]):
+        self.store = store
+        self.coder = coder
+        self.bucket, self.key, self.data_id = bucket, key, data_id
+        # Lower indexes are data shards: decoding from them needs no arithmetic.
+        self._candidates = sorted(holders)
+        self.errors: list[errors.SealstoreError] = []
+
+    def _open(self, member: int, first: int, end: int) -> AsyncIterator[bytes]:
+        return self.store.read_shard(member, self.bucket, self.key, self.data_id, first, end - first)
+
+    def _give_up(self, stripe: int) -> errors.SealstoreError:
+        tampered = [e for e in self.errors if isinstance(e, errors.ObjectTampered)]
+        detail = "; ".join(sorted({f"{type(e).__name__}: {e.message}" for e in self.errors}))
+        msg = f"{self.bucket}/{self.key}: stripe {stripe} readable from fewer than {self.coder.data_shards} drives ({detail})"
+        return errors.ObjectTampered(msg) if tampered else errors.SlowDown(msg)
+
+    async def stripes(self, first: int, count: int) -> AsyncIterator[bytes]:
+        end = first + count
+        unused = list(self._candidates)
+        active: dict[int, AsyncIterator[bytes]] = {}
+        try:
+            for stripe in range(first, end):
+                got: dict[int, bytes] = {}
+                while len(got) < self.coder.data_shards:
+                    while len(active) < self.coder.data_shards and unused:
+                        member = unused.pop(0)
+                        active[member] = self._open(member, stripe, end)
+                    pending = [m for m in active if m not in got]
+                    if len(active) < self.coder.data_shards:
+                        raise self._give_up(stripe)
+                    results = await asyncio.gather(*(active[m].__anext__() for m in pending),
+                                                   return_exceptions=True)
+                    for member, result in zip(pending, results):
+                        if isinstance(result, (bytes, bytearray)):
+                            got[member] = result
+                            continue
+                        if isinstance(result, StopAsyncIteration):
+                            result = errors.ObjectTampered(f"shard {member} ended before stripe {stripe}")
+                        elif not isinstance(result, errors.SealstoreError):
+                            if isinstance(result, BaseException) and not isinstance(result, Exception):
+                                raise result
+                            result = errors.ServiceUnavailable(f"shard {member}: {type(result).__name__}")
+                        log.warning("%s/%s: reading shard %d failed, trying another drive: %s",
+                                    self.bucket, self.key, member, result.message)
+                        self.errors.append(result)
+                        await _close(active.pop(member))
+                yield self.coder.decode(list(got.values()))
+        finally:
+            for it in active.values():
+                await _close(it)
+
+
+async def _close(it) -> None:
+    try:
+        await it.aclose()
+    except Exception:
+        pass
