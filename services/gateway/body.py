@@ -1,0 +1,379 @@
+"""Request bodies: plain or `aws-chunked`, verified while they stream.
+
+A body is read as an async iterator of plaintext pieces. Nothing here decides to store
+anything: the caller forwards pieces as they come and calls `finish()` at the end, which
+raises if any check failed (length, x-amz-content-sha256, Content-MD5, x-amz-checksum-*,
+chunk signatures, trailer). Only then does the caller let the object be committed.
+
+The reader is anything with asyncio's `readline()` / `readexactly(n)` / `read(n)`
+(aiohttp's request.content and asyncio.StreamReader both qualify).
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import logging
+import re
+import zlib
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Mapping, Protocol
+
+from sealstore import errors, sigv4
+
+log = logging.getLogger(__name__)
+
+PIECE = 1 << 20
+"""Largest piece handed to the caller (~ one gRPC message)."""
+MAX_CHUNK_HEADER = 4096
+
+# x-amz-checksum-<name>: how to compute it here (None: we cannot, so we accept it unchecked).
+_CHECKSUMS = {"crc32": "crc32", "sha1": "sha1", "sha256": "sha256", "sha512": "sha512",
+              "crc32c": None, "crc64nvme": None}
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+class Reader(Protocol):
+    async def readline(self) -> bytes: ...
+    async def readexactly(self, n: int) -> bytes: ...
+    async def read(self, n: int = -1) -> bytes: ...
+
+
+class _Crc32:
+    def __init__(self):
+        self.value = 0
+
+    def update(self, data: bytes) -> None:
+        self.value = zlib.crc32(data, self.value)
+
+    def digest(self) -> bytes:
+        return self.value.to_bytes(4, "big")
+
+
+def _new_checksum(algorithm: str):
+    kind = _CHECKSUMS[algorithm]
+    if kind is None:
+        return None
+    return _Crc32() if kind == "crc32" else hashlib.new(kind)
+
+
+@dataclass
+class PayloadChecks:
+    """Digests of the decoded payload, compared at the end."""
+
+    sha256_hex: str | None = None
+    md5: bytes | None = None
+    checksums: dict[str, str | None] = field(default_factory=dict)
+    """x-amz-checksum-<alg> -> expected base64 value (None: expected in the trailer)."""
+
+    def __post_init__(self):
+        self._sha256 = hashlib.sha256() if self.sha256_hex else None
+        self._md5 = hashlib.md5() if self.md5 is not None else None
+        self._sums = {}
+        for algorithm in self.checksums:
+            hasher = _new_checksum(algorithm)
+            if hasher is None:
+                log.debug("x-amz-checksum-%s accepted without verification (no library here)", algorithm)
+            else:
+                self._sums[algorithm] = hasher
+
+    @property
+    def costly(self) -> bool:
+        """True when updating means real hashing (worth a thread, which releases the GIL)."""
+        return self._sha256 is not None or self._md5 is not None or any(
+            not isinstance(h, _Crc32) for h in self._sums.values())
+
+    def update(self, data: bytes) -> None:
+        if self._sha256 is not None:
+            self._sha256.update(data)
+        if self._md5 is not None:
+            self._md5.update(data)
+        for hasher in self._sums.values():
+            hasher.update(data)
+
+    def verify(self, trailers: Mapping[str, str]) -> None:
+        if self._sha256 is not None and self._sha256.hexdigest() != self.sha256_hex.lower():
+            raise errors.XAmzContentSHA256Mismatch()
+        if self._md5 is not None and self._md5.digest() != self.md5:
+            raise errors.BadDigest()
+        for algorithm, expected in self.checksums.items():
+            name = f"x-amz-checksum-{algorithm}"
+            if expected is None:
+                expected = trailers.get(name)
+                if expected is None:
+                    raise errors.InvalidRequest(f"the trailer {name} announced in x-amz-trailer is missing")
+            hasher = self._sums.get(algorithm)
+            if hasher is None:
+                continue
+            try:
+                wanted = base64.b64decode(expected.strip(), validate=True)
+            except binascii.Error:
+                raise errors.InvalidRequest(f"{name} is not valid base64") from None
+            if hasher.digest() != wanted:
+                raise errors.BadDigest(f"The {algorithm.upper()} you specified did not match the calculated checksum.")
+
+
+@dataclass
+class ChunkChain:
+    """The running signature chain of a STREAMING-AWS4-HMAC-SHA256-PAYLOAD body."""
+
+    key: bytes
+    amz_date: str
+    scope: str
+    previous: str  # the seed signature (from the Authorization header) to start with
+
+    def check_chunk(self, claimed: str, chunk_sha256_hex: str) -> None:
+        expected = sigv4.chunk_signature(self.key, self.amz_date, self.scope, self.previous,
+                                         chunk_sha256_hex=chunk_sha256_hex)
+        if not sigv4.signatures_equal(expected, claimed):
+            raise errors.SignatureDoesNotMatch("chunk signature does not match")
+        self.previous = expected
+
+    def check_trailer(self, claimed: str, trailers: list[tuple[str, str]]) -> None:
+        expected = sigv4.trailer_signature(self.key, self.amz_date, self.scope, self.previous, trailers)
+        if not sigv4.signatures_equal(expected, claimed):
+            raise errors.SignatureDoesNotMatch("trailer signature does not match")
+
+
+class Body:
+    """One request body: `async for piece in body.pieces()` yields decoded bytes, then `finish()` checks."""
+
+    def __init__(self, reader: Reader, *, length: int, checks: PayloadChecks,
+                 chunked: bool = False, chain: ChunkChain | None = None, trailer: bool = False):
+        self.reader = reader
+        self.length = length
+        self.checks = checks
+        self.chunked = chunked
+        self.chain = chain
+        self.trailer = trailer
+        self.received = 0
+        self.trailers: dict[str, str] = {}
+        self._complete = False
+
+    async def pieces(self, size: int = PIECE) -> AsyncIterator[bytes]:
+        """Decoded bytes regrouped into pieces of about `size`, fed to the checks on the way.
+
+        Costly digests run in a thread (hashlib releases the GIL), overlapping with whatever
+        the caller does with the piece; they stay in order because each waits for the last.
+        """
+        loop = asyncio.get_running_loop()
+        offload = self.checks.costly
+        pending: asyncio.Future | None = None
+        group: list[bytes] = []
+        grouped = 0
+        raw = self._decoded() if self.chunked else self._plain()
+        async for part in raw:
+            group.append(part)
+            grouped += len(part)
+            if grouped < size:
+                continue
+            piece = group[0] if len(group) == 1 else b"".join(group)
+            group, grouped = [], 0
+            if pending is not None:
+                await pending
+            if offload:
+                pending = loop.run_in_executor(None, self.checks.update, piece)
+            else:
+                self.checks.update(piece)
+            yield piece
+        if pending is not None:
+            await pending
+        if group:
+            piece = b"".join(group)
+            self.checks.update(piece)
+            yield piece
+
+    async def _plain(self) -> AsyncIterator[bytes]:
+        while self.received < self.length:
+            piece = await self.reader.read(min(PIECE, self.length - self.received))
+            if not piece:
+                raise errors.IncompleteBody()
+            self.received += len(piece)
+            yield piece
+        self._complete = True
+
+    async def _line(self) -> bytes:
+        try:
+            line = await self.reader.readline()
+        except ValueError:
+            raise errors.IncompleteBody("aws-chunked line too long") from None
+        if not line.endswith(b"\r\n"):
+            raise errors.IncompleteBody("aws-chunked body ended early")
+        if len(line) > MAX_CHUNK_HEADER:
+            raise errors.IncompleteBody("aws-chunked line too long")
+        return line[:-2]
+
+    async def _exactly(self, n: int) -> bytes:
+        try:
+            return await self.reader.readexactly(n)
+        except asyncio.IncompleteReadError:
+            raise errors.IncompleteBody() from None
+
+    async def _decoded(self) -> AsyncIterator[bytes]:
+        while True:
+            header = await self._line()
+            size_text, _, extension = header.partition(b";")
+            try:
+                size = int(size_text.strip(), 16)
+            except ValueError:
+                raise errors.IncompleteBody("malformed aws-chunked chunk header") from None
+            claimed = ""
+            if extension:
+                name, _, value = extension.decode("latin-1").partition("=")
+                if name.strip() == "chunk-signature":
+                    claimed = value.strip()
+            if self.chain is not None and not claimed:
+                raise errors.SignatureDoesNotMatch("chunk without chunk-signature")
+            if self.received + size > self.length:
+                raise errors.IncompleteBody("aws-chunked body longer than x-amz-decoded-content-length")
+            digest = hashlib.sha256() if self.chain is not None else None
+            left = size
+            while left:
+                piece = await self._exactly(min(PIECE, left))
+                left -= len(piece)
+                self.received += len(piece)
+                if digest is not None:
+                    digest.update(piece)
+                yield piece
+            if self.chain is not None:
+                self.chain.check_chunk(claimed, digest.hexdigest())
+            if size == 0:
+                break
+            if await self._exactly(2) != b"\r\n":
+                raise errors.IncompleteBody("aws-chunked chunk not followed by CRLF")
+        await self._read_trailers()
+        if self.received != self.length:
+            raise errors.IncompleteBody()
+        self._complete = True
+
+    async def _read_trailers(self) -> None:
+        trailers: list[tuple[str, str]] = []
+        signature = ""
+        while True:
+            line = await self._line()
+            if not line:
+                break
+            name, sep, value = line.decode("utf-8", "replace").partition(":")
+            if not sep:
+                raise errors.IncompleteBody("malformed aws-chunked trailer")
+            name = name.strip().lower()
+            if name == "x-amz-trailer-signature":
+                signature = value.strip()
+            else:
+                trailers.append((name, value.strip()))
+        if trailers and not self.trailer:
+            raise errors.InvalidRequest("trailing headers sent without x-amz-trailer")
+        if self.chain is not None and self.trailer:
+            if not signature:
+                raise errors.SignatureDoesNotMatch("trailer without x-amz-trailer-signature")
+            self.chain.check_trailer(signature, trailers)
+        self.trailers = dict(trailers)
+
+    def finish(self) -> None:
+        """Raises the first failed check; call after the iteration ended."""
+        if not self._complete:
+            raise errors.IncompleteBody()
+        self.checks.verify(self.trailers)
+
+    async def read_all(self, limit: int) -> bytes:
+        """The whole (small) body, verified; for XML request bodies."""
+        if self.length > limit:
+            raise errors.MalformedXML(f"request body larger than {limit} bytes")
+        parts = []
+        async for piece in self.pieces():
+            parts.append(piece)
+        self.finish()
+        return b"".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building a Body from a request's headers
+
+
+MAX_OBJECT_SIZE = 5 * (1 << 30)
+
+
+def _content_md5(headers: Mapping[str, str]) -> bytes | None:
+    value = headers.get("content-md5")
+    if value is None:
+        return None
+    try:
+        digest = base64.b64decode(value.strip(), validate=True)
+    except binascii.Error:
+        raise errors.InvalidDigest() from None
+    if len(digest) != 16:
+        raise errors.InvalidDigest()
+    return digest
+
+
+def _header_checksums(headers: Mapping[str, str], trailer_names: list[str]) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for algorithm in _CHECKSUMS:
+        value = headers.get(f"x-amz-checksum-{algorithm}")
+        if value is not None:
+            out[algorithm] = value
+    for name in trailer_names:
+        algorithm = name.removeprefix("x-amz-checksum-")
+        if algorithm == name or algorithm not in _CHECKSUMS:
+            raise errors.InvalidRequest(f"unsupported trailer {name!r}")
+        out[algorithm] = None
+    return out
+
+
+def _int_header(headers: Mapping[str, str], name: str) -> int | None:
+    value = headers.get(name)
+    if value is None:
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise errors.InvalidArgument(f"{name} must be a number") from None
+    if number < 0:
+        raise errors.InvalidArgument(f"{name} must not be negative")
+    return number
+
+
+def body_from_request(reader: Reader, headers: Mapping[str, str], payload_hash: str,
+                      chain: ChunkChain | None, *, max_size: int = MAX_OBJECT_SIZE) -> Body:
+    """A Body for a request, from its headers and the payload hash that authentication settled.
+
+    `payload_hash` is what x-amz-content-sha256 (or the presigned default) said: a hex digest,
+    UNSIGNED-PAYLOAD, or one of the STREAMING-* modes; `chain` is set for signed streaming.
+    """
+    streaming = payload_hash.startswith("STREAMING-")
+    encodings = [e.strip().lower() for e in headers.get("content-encoding", "").split(",") if e.strip()]
+    if streaming or "aws-chunked" in encodings:
+        if payload_hash not in (sigv4.STREAMING_PAYLOAD, sigv4.STREAMING_PAYLOAD_TRAILER,
+                                sigv4.STREAMING_UNSIGNED_TRAILER, sigv4.UNSIGNED_PAYLOAD):
+            raise errors.InvalidArgument(f"x-amz-content-sha256 {payload_hash!r} does not fit an aws-chunked body")
+        length = _int_header(headers, "x-amz-decoded-content-length")
+        if length is None:
+            raise errors.MissingContentLength("aws-chunked bodies need x-amz-decoded-content-length")
+        trailer = payload_hash in (sigv4.STREAMING_PAYLOAD_TRAILER, sigv4.STREAMING_UNSIGNED_TRAILER)
+        trailer_names = [t.strip().lower() for t in headers.get("x-amz-trailer", "").split(",") if t.strip()]
+        if trailer_names and not trailer:
+            trailer = payload_hash == sigv4.UNSIGNED_PAYLOAD  # unsigned chunks may still carry a trailer
+        sha = None
+    else:
+        length = _int_header(headers, "content-length")
+        if length is None:
+            if headers.get("transfer-encoding", "").lower() == "chunked":
+                raise errors.MissingContentLength()
+            length = 0
+        trailer_names = []
+        trailer = False
+        if payload_hash == sigv4.UNSIGNED_PAYLOAD:
+            sha = None
+        elif _HEX64.match(payload_hash):
+            sha = payload_hash.lower()
+        else:
+            raise errors.InvalidArgument(f"x-amz-content-sha256 {payload_hash!r} is not valid")
+    if length > max_size:
+        raise errors.EntityTooLarge()
+    checks = PayloadChecks(sha256_hex=sha, md5=_content_md5(headers),
+                           checksums=_header_checksums(headers, trailer_names))
+    chunked = streaming or "aws-chunked" in encodings
+    return Body(reader, length=length, checks=checks, chunked=chunked,
+                chain=chain if payload_hash in (sigv4.STREAMING_PAYLOAD, sigv4.STREAMING_PAYLOAD_TRAILER) else None,
+                trailer=trailer)

@@ -1,0 +1,468 @@
+"""The S3 operations: one method per operation, dispatched by method, path and sub-resource.
+
+Object bytes only ever go to or come from a crypto worker; metadata operations use the
+erasure set directly. Errors are raised as `sealstore.errors` and rendered in server.py.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import email.utils
+import logging
+import re
+from dataclasses import dataclass
+from urllib.parse import quote, unquote
+
+import grpc
+from aiohttp import web
+
+from sealstore import errors, sigv4
+from sealstore.v1 import crypto_pb2, types_pb2
+
+from . import s3xml, sse
+from .auth import Authenticator, Identity
+from .backend import Backend
+from .body import body_from_request
+
+log = logging.getLogger(__name__)
+
+MAX_KEY_BYTES = 1024
+DEFAULT_CONTENT_TYPE = "binary/octet-stream"
+_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_IP_LIKE = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
+# Sub-resources S3 defines that this gateway does not implement (anything else in the query is ignored,
+# e.g. botocore's `x-id`).
+UNSUPPORTED_SUBRESOURCES = frozenset({
+    "accelerate", "acl", "analytics", "attributes", "cors", "intelligent-tiering", "inventory", "legal-hold",
+    "lifecycle", "logging", "metrics", "notification", "object-lock", "ownershipControls", "partNumber",
+    "policy", "policyStatus", "publicAccessBlock", "replication", "requestPayment", "restore", "retention",
+    "select", "tagging", "torrent", "uploadId", "uploads", "versionId", "versioning", "versions", "website",
+})
+RESPONSE_OVERRIDES = {
+    "response-content-type": "Content-Type", "response-content-language": "Content-Language",
+    "response-expires": "Expires", "response-cache-control": "Cache-Control",
+    "response-content-disposition": "Content-Disposition", "response-content-encoding": "Content-Encoding",
+}
+PASSTHROUGH_META = ("cache-control", "content-disposition", "content-encoding", "content-language", "expires")
+
+
+class PreconditionFailed(errors.SealstoreError):
+    code = "PreconditionFailed"
+    http_status = 412
+    default_message = "At least one of the pre-conditions you specified did not hold"
+
+
+class NotModified(Exception):
+    """If-None-Match matched: answer 304 without a body."""
+
+
+@dataclass(frozen=True)
+class Target:
+    bucket: str
+    key: str
+    query: dict[str, str]
+
+
+def validate_bucket_name(name: str) -> None:
+    if not _BUCKET_NAME.match(name) or ".." in name or _IP_LIKE.match(name):
+        raise errors.InvalidBucketName(resource=f"/{name}")
+
+
+def validate_key(key: str) -> None:
+    if len(key.encode("utf-8")) > MAX_KEY_BYTES:
+        raise errors.KeyTooLongError()
+
+
+def http_date(ns: int) -> str:
+    return email.utils.formatdate(ns / 1e9, usegmt=True)
+
+
+def _url_encode(text: str) -> str:
+    return quote(text, safe="/")
+
+
+def _etag_matches(header: str, etag: str) -> bool:
+    wanted = etag.strip('"')
+    return any(t.strip() in ("*", wanted, f'"{wanted}"', f'W/"{wanted}"') for t in header.split(","))
+
+
+def _check_conditions(request: web.Request, meta: types_pb2.ObjectMeta) -> None:
+    if_match = request.headers.get("If-Match")
+    if if_match is not None and not _etag_matches(if_match, meta.etag):
+        raise PreconditionFailed(resource=request.path)
+    if_none = request.headers.get("If-None-Match")
+    if if_none is not None and _etag_matches(if_none, meta.etag):
+        raise NotModified()
+
+
+def parse_range(value: str | None) -> crypto_pb2.ByteRange | None:
+    """`bytes=a-b`, `bytes=a-`, `bytes=-n`; anything else (or several ranges) means the whole object, as S3."""
+    if not value:
+        return None
+    m = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", value)
+    if not m or (not m.group(1) and not m.group(2)):
+        return None
+    first, last = m.group(1), m.group(2)
+    if not first:
+        return crypto_pb2.ByteRange(suffix_length=int(last), is_suffix=True)
+    if last and int(last) < int(first):
+        return None
+    return crypto_pb2.ByteRange(first=int(first), last=int(last) if last else -1)
+
+
+def object_headers(meta: types_pb2.ObjectMeta) -> dict[str, str]:
+    headers = {
+        "ETag": s3xml.quote_etag(meta.etag),
+        "Last-Modified": http_date(meta.mtime_ns),
+        "Content-Type": meta.content_type or DEFAULT_CONTENT_TYPE,
+        "Accept-Ranges": "bytes",
+    }
+    for name, value in meta.user_metadata.items():
+        if name in PASSTHROUGH_META:
+            headers[name.title()] = value
+        else:
+            headers[f"x-amz-meta-{name}"] = value
+    headers.update(sse.response_headers(meta.encryption if meta.HasField("encryption") else None))
+    return headers
+
+
+def user_metadata(request: web.Request) -> dict[str, str]:
+    out = {}
+    for name, value in request.headers.items():
+        lname = name.lower()
+        if lname.startswith("x-amz-meta-"):
+            out[lname[len("x-amz-meta-"):]] = value
+        elif lname == "content-encoding":
+            # aws-chunked describes the upload's framing, not the object (S3 drops it too).
+            rest = [e.strip() for e in value.split(",") if e.strip() and e.strip().lower() != "aws-chunked"]
+            if rest:
+                out[lname] = ",".join(rest)
+        elif lname in PASSTHROUGH_META:
+            out[lname] = value
+    return out
+
+
+def _rpc(e: grpc.RpcError) -> errors.SealstoreError:
+    return errors.from_rpc_error(e)
+
+
+class S3Api:
+    def __init__(self, authenticator: Authenticator, backend_factory, domains: tuple[str, ...] = ()):
+        self.authenticator = authenticator
+        self._backend_factory = backend_factory
+        self._backend: Backend | None = None
+        self.domains = domains
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            self._backend = self._backend_factory()
+        return self._backend
+
+    async def close(self) -> None:
+        if self._backend is not None:
+            await self._backend.close()
+
+    # -- routing ---------------------------------------------------------------------------
+
+    def target(self, request: web.Request) -> Target:
+        raw_path, _, raw_query = request.raw_path.partition("?")
+        path = unquote(raw_path)
+        host = (request.headers.get("Host") or "").rsplit(":", 1)[0].lower()
+        vhost_bucket = ""
+        for domain in self.domains:
+            if host.endswith("." + domain):
+                vhost_bucket = host[: -len(domain) - 1]
+        if vhost_bucket:
+            bucket, key = vhost_bucket, path[1:]
+        else:
+            bucket, _, key = path[1:].partition("/")
+        query = {}
+        for name, value in sigv4.parse_query(raw_query):
+            query.setdefault(name, value)
+        return Target(bucket, key, query)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        raw_path, _, raw_query = request.raw_path.partition("?")
+        identity = self.authenticator.authenticate(request.method, raw_path, raw_query, request.headers.items())
+        t = self.target(request)
+        method = request.method
+        unsupported = UNSUPPORTED_SUBRESOURCES.intersection(t.query)
+        if unsupported:
+            raise errors.NotImplementedS3(f"The {sorted(unsupported)[0]} sub-resource is not implemented")
+        if not t.bucket:
+            if method == "GET":
+                return await self.list_buckets()
+            raise errors.MethodNotAllowed()
+        if not t.key:
+            if "encryption" in t.query:
+                return await self.bucket_encryption(request, identity, t)
+            if "location" in t.query and method == "GET":
+                await self.backend.bucket(t.bucket)
+                return _xml(s3xml.location_constraint())
+            if "delete" in t.query and method == "POST":
+                return await self.delete_objects(request, identity, t)
+            if method == "PUT":
+                return await self.create_bucket(request, identity, t)
+            if method == "HEAD":
+                await self.backend.erasure.get_bucket(t.bucket)
+                return web.Response(status=200)
+            if method == "DELETE":
+                await self.backend.erasure.delete_bucket(t.bucket)
+                self.backend.forget_bucket(t.bucket)
+                return web.Response(status=204)
+            if method == "GET":
+                return await self.list_objects(t)
+            raise errors.MethodNotAllowed()
+        validate_key(t.key)
+        if method == "PUT":
+            return await self.put_object(request, identity, t)
+        if method == "GET":
+            return await self.get_object(request, t)
+        if method == "HEAD":
+            return await self.head_object(request, t)
+        if method == "DELETE":
+            await self.backend.bucket(t.bucket)
+            await self.backend.erasure.delete_object(t.bucket, t.key)
+            return web.Response(status=204)
+        raise errors.MethodNotAllowed()
+
+    # -- buckets ---------------------------------------------------------------------------
+
+    async def list_buckets(self) -> web.Response:
+        buckets = await self.backend.erasure.list_buckets()
+        return _xml(s3xml.list_buckets((b.name, b.created_ns) for b in buckets))
+
+    async def _small_body(self, request: web.Request, identity: Identity) -> bytes:
+        body = body_from_request(request.content, request.headers, identity.payload_hash, identity.chain)
+        return await body.read_all(s3xml.MAX_XML_BODY)
+
+    async def create_bucket(self, request: web.Request, identity: Identity, t: Target) -> web.Response:
+        validate_bucket_name(t.bucket)
+        s3xml.parse_create_bucket(await self._small_body(request, identity))
+        await self.backend.erasure.make_bucket(t.bucket)
+        self.backend.forget_bucket(t.bucket)
+        return web.Response(status=200, headers={"Location": f"/{t.bucket}"})
+
+    async def bucket_encryption(self, request: web.Request, identity: Identity, t: Target) -> web.Response:
+        method = request.method
+        if method == "GET":
+            info = await self.backend.erasure.get_bucket(t.bucket)
+            enc = info.encryption if info.HasField("encryption") else None
+            if enc is None or not enc.sse_algorithm:
+                raise errors.ServerSideEncryptionConfigurationNotFoundError(resource=f"/{t.bucket}")
+            return _xml(s3xml.bucket_encryption(s3xml.BucketEncryptionRule(enc.sse_algorithm, enc.kms_master_key_id)))
+        if method == "PUT":
+            rule = s3xml.parse_bucket_encryption(await self._small_body(request, identity))
+            if rule.sse_algorithm == sse.AES256:
+                raise errors.NotImplementedS3("SSE-S3 (AES256) bucket default encryption is not supported yet; use aws:kms")
+            await self.backend.erasure.get_bucket(t.bucket)
+            name = sse.normalize_key_id(rule.kms_master_key_id)
+            await self.backend.describe_key(name)  # KMS.NotFoundException if it does not exist
+            await self.backend.erasure.set_bucket_encryption(
+                t.bucket, types_pb2.BucketEncryption(sse_algorithm=rule.sse_algorithm,
+                                                     kms_master_key_id=rule.kms_master_key_id))
+            self.backend.forget_bucket(t.bucket)
+            return web.Response(status=200)
+        if method == "DELETE":
+            await self.backend.erasure.get_bucket(t.bucket)
+            await self.backend.erasure.set_bucket_encryption(t.bucket, None)
+            self.backend.forget_bucket(t.bucket)
+            return web.Response(status=204)
+        raise errors.MethodNotAllowed()
+
+    async def list_objects(self, t: Target) -> web.Response:
+        q = t.query
+        v2 = q.get("list-type") == "2"
+        try:
+            max_keys = int(q.get("max-keys", "1000"))
+        except ValueError:
+            raise errors.InvalidArgument("max-keys must be an integer") from None
+        if max_keys < 0:
+            raise errors.InvalidArgument("max-keys must not be negative")
+        max_keys = min(max_keys, 1000)
+        encoding = q.get("encoding-type")
+        if encoding not in (None, "url"):
+            raise errors.InvalidArgument("encoding-type must be url")
+        encode = _url_encode if encoding == "url" else s3xml.NO_ENCODING
+        prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
+        token = q.get("continuation-token", "")
+        if v2:
+            start_after = q.get("start-after", "")
+            marker = start_after
+            if token:
+                try:
+                    marker = base64.urlsafe_b64decode(token.encode()).decode("utf-8")
+                except (binascii.Error, UnicodeDecodeError, ValueError):
+                    raise errors.InvalidArgument("The continuation token provided is incorrect") from None
+        else:
+            start_after = ""
+            marker = q.get("marker", "")
+        await self.backend.bucket(t.bucket)
+        listing = await self._listing(t.bucket, prefix, delimiter, marker, max_keys)
+        next_token = ""
+        if v2 and listing.is_truncated:
+            next_token = base64.urlsafe_b64encode(listing.next_marker.encode("utf-8")).decode()
+        return _xml(s3xml.list_objects(
+            listing, bucket=t.bucket, prefix=prefix, delimiter=delimiter, max_keys=max_keys, encode=encode,
+            v2=v2, start_after=start_after, continuation_token=token, next_continuation_token=next_token,
+            marker=marker if not v2 else ""))
+
+    async def _listing(self, bucket: str, prefix: str, delimiter: str, marker: str, max_keys: int) -> s3xml.Listing:
+        """Walks the merged listing, folding keys into common prefixes, until max_keys items."""
+        objects: list[s3xml.ListedObject] = []
+        prefixes: list[str] = []
+        last = marker
+        # A marker that is itself a common prefix means "after everything under it".
+        if delimiter and marker.startswith(prefix) and marker.endswith(delimiter) and delimiter in marker[len(prefix):]:
+            last = marker + "\U0010ffff"
+        if max_keys == 0:
+            return s3xml.Listing([], [], False, "")
+        while True:
+            entries, truncated = await self.backend.erasure.list_objects(bucket, prefix, last, 1000)
+            for entry in entries:
+                if entry.key <= last:
+                    continue
+                rest = entry.key[len(prefix):]
+                cut = rest.find(delimiter) if delimiter else -1
+                if len(objects) + len(prefixes) == max_keys:
+                    return s3xml.Listing(objects, prefixes, True, _marker_of(objects, prefixes))
+                if cut >= 0:
+                    cp = prefix + rest[: cut + len(delimiter)]
+                    prefixes.append(cp)
+                    last = cp + "\U0010ffff"
+                else:
+                    objects.append(s3xml.ListedObject(entry.key, entry.size, entry.etag, entry.mtime_ns))
+                    last = entry.key
+            if not truncated or not entries:
+                return s3xml.Listing(objects, prefixes, False, "")
+            last = max(last, entries[-1].key)
+
+    async def delete_objects(self, request: web.Request, identity: Identity, t: Target) -> web.Response:
+        keys, quiet = s3xml.parse_delete_objects(await self._small_body(request, identity))
+        await self.backend.bucket(t.bucket)
+        deleted, failed = [], []
+        for key in keys:
+            try:
+                validate_key(key)
+                await self.backend.erasure.delete_object(t.bucket, key)
+                deleted.append(key)
+            except errors.SealstoreError as e:
+                failed.append((key, e.code, e.message))
+        return _xml(s3xml.delete_result(deleted, failed, quiet))
+
+    # -- objects ---------------------------------------------------------------------------
+
+    async def put_object(self, request: web.Request, identity: Identity, t: Target) -> web.Response:
+        headers = request.headers
+        if "x-amz-copy-source" in headers:
+            raise errors.NotImplementedS3("CopyObject is not implemented")
+        requested = sse.requested_encryption(headers)  # header errors before any backend call
+        body = body_from_request(request.content, headers, identity.payload_hash, identity.chain)
+        info = await self.backend.bucket(t.bucket)
+        if requested is None:
+            requested = sse.resolve_put_encryption(headers, info.encryption if info.HasField("encryption") else None)
+        header = crypto_pb2.PutObjectHeader(
+            bucket=t.bucket, key=t.key, content_type=headers.get("Content-Type", DEFAULT_CONTENT_TYPE),
+            user_metadata=user_metadata(request), content_length=body.length)
+        if requested is not None:
+            header.sse_kms.CopyFrom(crypto_pb2.SseKmsRequest(key_name=requested.key_name,
+                                                             context_json=requested.context_json))
+        call = self.backend.crypto().PutObject()
+        try:
+            await call.write(crypto_pb2.PutObjectRequest(header=header))
+            async for piece in body.pieces():
+                await call.write(crypto_pb2.PutObjectRequest(data=piece))
+            body.finish()  # only a fully verified body may be committed
+            await call.write(crypto_pb2.PutObjectRequest(end=crypto_pb2.PutObjectEnd(size=body.received)))
+            await call.done_writing()
+            response = await call
+        except grpc.RpcError as e:
+            raise _rpc(e) from None
+        except BaseException:
+            call.cancel()
+            raise
+        meta = response.meta
+        out = {"ETag": s3xml.quote_etag(meta.etag)}
+        out.update(sse.response_headers(meta.encryption if meta.HasField("encryption") else None))
+        return web.Response(status=200, headers=out)
+
+    async def head_object(self, request: web.Request, t: Target) -> web.Response:
+        sse.reject_ssec(request.headers)
+        meta = await self.backend.erasure.get_object_meta(t.bucket, t.key)
+        try:
+            _check_conditions(request, meta)
+        except NotModified:
+            return web.Response(status=304, headers={"ETag": s3xml.quote_etag(meta.etag)})
+        headers = object_headers(meta)
+        headers["Content-Length"] = str(meta.size)
+        return web.Response(status=200, headers=headers)
+
+    async def get_object(self, request: web.Request, t: Target) -> web.StreamResponse:
+        sse.reject_ssec(request.headers)
+        byte_range = parse_range(request.headers.get("Range"))
+        get = crypto_pb2.GetObjectRequest(bucket=t.bucket, key=t.key)
+        if byte_range is not None:
+            get.range.CopyFrom(byte_range)
+        call = self.backend.crypto().GetObject(get)
+        try:
+            try:
+                first = await call.read()
+            except grpc.RpcError as e:
+                raise _rpc(e) from None
+            if first is grpc.aio.EOF or not first.HasField("head"):
+                raise errors.InternalError("the crypto worker sent no object head")
+            head = first.head
+            try:
+                _check_conditions(request, head.meta)
+            except NotModified:
+                call.cancel()
+                return web.Response(status=304, headers={"ETag": s3xml.quote_etag(head.meta.etag)})
+            headers = object_headers(head.meta)
+            for param, header in RESPONSE_OVERRIDES.items():
+                if param in t.query:
+                    headers[header] = t.query[param]
+            if head.is_range:
+                end = head.offset + head.length - 1
+                headers["Content-Range"] = f"bytes {head.offset}-{end}/{head.meta.size}"
+            response = web.StreamResponse(status=206 if head.is_range else 200, headers=headers)
+            response.content_length = head.length
+        except BaseException:
+            call.cancel()
+            raise
+        await response.prepare(request)
+        sent = 0
+        try:
+            while True:
+                msg = await call.read()
+                if msg is grpc.aio.EOF:
+                    break
+                sent += len(msg.data)
+                await response.write(msg.data)
+        except Exception as e:
+            call.cancel()
+            err = _rpc(e) if isinstance(e, grpc.RpcError) else e
+            log.warning("GET /%s/%s broke after %d of %d bytes: %r", t.bucket, t.key, sent, head.length, err)
+            _abort(request)
+            return response
+        if sent != head.length:
+            log.warning("GET /%s/%s: worker sent %d of %d bytes", t.bucket, t.key, sent, head.length)
+            _abort(request)
+            return response
+        await response.write_eof()
+        return response
+
+
+def _abort(request: web.Request) -> None:
+    """Headers are out, so the only honest signal left is a broken connection."""
+    if request.transport is not None:
+        request.transport.abort()
+
+
+def _marker_of(objects: list[s3xml.ListedObject], prefixes: list[str]) -> str:
+    candidates = [o.key for o in objects[-1:]] + prefixes[-1:]
+    return max(candidates) if candidates else ""
+
+
+def _xml(body: bytes, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=body, content_type="application/xml")
