@@ -141,12 +141,12 @@ def test_bad_signature_is_refused_and_stores_nothing(cluster, s3):
 def test_payload_hash_mismatch_stores_nothing(cluster, s3):
     bucket = unique("hash")
     s3.create_bucket(Bucket=bucket)
-    body = b"the real body"
+    signed_body, sent_body = b"the real body", b"the fake body"  # same length, other bytes
     url_path = f"/{bucket}/tampered"
-    request = AWSRequest(method="PUT", url=cluster.endpoint + url_path, data=body)
-    request.headers["x-amz-content-sha256"] = hashlib.sha256(b"another body").hexdigest()
+    request = AWSRequest(method="PUT", url=cluster.endpoint + url_path, data=signed_body)
     S3SigV4Auth(Credentials(cluster.access_key, cluster.secret_key), "s3", "us-east-1").add_auth(request)
-    prepared = urllib.request.Request(cluster.endpoint + url_path, data=body, method="PUT",
+    assert request.headers["x-amz-content-sha256"] == hashlib.sha256(signed_body).hexdigest()
+    prepared = urllib.request.Request(cluster.endpoint + url_path, data=sent_body, method="PUT",
                                       headers=dict(request.headers.items()))
     with pytest.raises(urllib.error.HTTPError) as http:
         urllib.request.urlopen(prepared, timeout=10)

@@ -1,0 +1,115 @@
+"""A real local cluster: `sealstore run` in a subprocess, as a user starts it, with its own data
+directory and free ports; real S3 clients talk to it. Used by the tests and by `make bench`."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+from botocore.config import Config
+
+REPO = Path(__file__).resolve().parents[2]
+SEALSTORE = str(Path(sys.executable).parent / "sealstore")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _pick_ports(storage_nodes: int) -> tuple[int, int]:
+    for _ in range(200):
+        base = random.randrange(20000, 40000, 100)
+        ports = [base + 1, base + 2, *(base + 11 + i for i in range(storage_nodes)), base + 99]
+        if all(_free(p) for p in ports):
+            return base, base + 99
+    raise RuntimeError("no free ports")
+
+
+@dataclass
+class RunningCluster:
+    data: Path
+    endpoint: str
+    access_key: str
+    secret_key: str
+    env: dict
+    process: subprocess.Popen
+    output: Path
+
+    def cli(self, *args: str, check: bool = True, input: bytes | None = None) -> subprocess.CompletedProcess:
+        result = subprocess.run([SEALSTORE, *args], env=self.env, capture_output=True, input=input, timeout=120)
+        if check and result.returncode != 0:
+            raise AssertionError(f"sealstore {' '.join(args)} failed ({result.returncode}): "
+                                 f"{result.stdout.decode()} {result.stderr.decode()}")
+        return result
+
+    def s3(self, **config):
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
+                            config=Config(signature_version="s3v4", retries={"max_attempts": 1}, **config))
+
+    def aws(self, *args: str, check: bool = True, config_file: str = "/dev/null") -> subprocess.CompletedProcess:
+        env = {**self.env, "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
+               "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": config_file,
+               "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"}
+        result = subprocess.run([str(Path(sys.executable).parent / "aws"), "--endpoint-url", self.endpoint, *args],
+                                env=env, capture_output=True, timeout=600)
+        if check and result.returncode != 0:
+            raise AssertionError(f"aws {' '.join(args)} failed: {result.stdout.decode()} {result.stderr.decode()}")
+        return result
+
+    def cluster_json(self) -> dict:
+        return json.loads((self.data / "cluster.json").read_text())
+
+
+def start_cluster(tmp: Path, extra_env: dict | None = None, storage_nodes: int = 4) -> RunningCluster:
+    data = tmp / "data"
+    base, gateway_port = _pick_ports(storage_nodes)
+    env = {**os.environ, "SEALSTORE_DATA_DIR": str(data), "SEALSTORE_BASE_PORT": str(base),
+           "SEALSTORE_GATEWAY_ADDR": f"127.0.0.1:{gateway_port}", **(extra_env or {})}
+    for name in ("SEALSTORE_ROOT_USER", "SEALSTORE_ROOT_PASSWORD"):
+        env.pop(name, None)
+    output = tmp / "launcher.out"
+    process = subprocess.Popen([SEALSTORE, "run"], env=env, stdout=open(output, "wb"),
+                               stderr=subprocess.STDOUT, cwd=REPO)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"sealstore run exited: {output.read_text()}")
+        path = data / "cluster.json"
+        if path.exists():
+            try:
+                if json.loads(path.read_text()).get("ready"):
+                    break
+            except ValueError:
+                pass
+        time.sleep(0.2)
+    else:
+        process.kill()
+        raise RuntimeError(f"cluster did not become ready: {output.read_text()}")
+    creds = json.loads((data / "credentials.json").read_text())
+    return RunningCluster(data, f"http://127.0.0.1:{gateway_port}", creds["access_key"], creds["secret_key"],
+                          env, process, output)
+
+
+def stop_cluster(cluster: RunningCluster) -> int:
+    cluster.process.send_signal(signal.SIGINT)
+    try:
+        return cluster.process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        cluster.process.kill()
+        return cluster.process.wait()
+
+
