@@ -19,21 +19,17 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from botocore.auth import S3SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from sealstore import sigv4  # noqa: E402
 from tests.cluster.harness import start_cluster, stop_cluster  # noqa: E402
 
 CHUNK = 1 << 20
 
 
 def signed_headers(cluster, method: str, path: str, extra: dict[str, str]) -> dict[str, str]:
-    request = AWSRequest(method=method, url=cluster.endpoint + path, headers=extra)
-    request.headers["x-amz-content-sha256"] = "UNSIGNED-PAYLOAD"
-    S3SigV4Auth(Credentials(cluster.access_key, cluster.secret_key), "s3", "us-east-1").add_auth(request)
-    return dict(request.headers.items())
+    # botocore always signs the payload over plain HTTP; UNSIGNED-PAYLOAD needs our own signer.
+    return sigv4.sign_request(method, cluster.endpoint + path, extra, "UNSIGNED-PAYLOAD",
+                              cluster.access_key, cluster.secret_key)
 
 
 def put(cluster, path: str, size: int, extra: dict[str, str]) -> float:
@@ -42,7 +38,7 @@ def put(cluster, path: str, size: int, extra: dict[str, str]) -> float:
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=600)
     headers = signed_headers(cluster, "PUT", path, {**extra, "Content-Length": str(size)})
     start = time.perf_counter()
-    conn.putrequest("PUT", path, skip_accept_encoding=True)
+    conn.putrequest("PUT", path, skip_host=True, skip_accept_encoding=True)
     for name, value in headers.items():
         conn.putheader(name, value)
     conn.endheaders()

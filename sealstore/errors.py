@@ -69,6 +69,8 @@ _TABLE = [
     ("EntityTooLarge", "EntityTooLarge", 400, SC.INVALID_ARGUMENT, "Your proposed upload exceeds the maximum allowed object size."),
     ("MalformedXML", "MalformedXML", 400, SC.INVALID_ARGUMENT,
      "The XML you provided was not well-formed or did not validate against our published schema."),
+    ("PreconditionFailed", "PreconditionFailed", 412, SC.FAILED_PRECONDITION,
+     "At least one of the pre-conditions you specified did not hold"),
     ("InvalidRange", "InvalidRange", 416, SC.OUT_OF_RANGE, "The requested range is not satisfiable"),
     ("MethodNotAllowed", "MethodNotAllowed", 405, SC.UNIMPLEMENTED, "The specified method is not allowed against this resource."),
     ("NotImplemented", "NotImplemented", 501, SC.UNIMPLEMENTED, "A header you provided implies functionality that is not implemented."),
@@ -127,6 +129,7 @@ MissingContentLength = ERRORS_BY_NAME["MissingContentLength"]
 EntityTooLarge = ERRORS_BY_NAME["EntityTooLarge"]
 MalformedXML = ERRORS_BY_NAME["MalformedXML"]
 InvalidRange = ERRORS_BY_NAME["InvalidRange"]
+PreconditionFailed = ERRORS_BY_NAME["PreconditionFailed"]
 MethodNotAllowed = ERRORS_BY_NAME["MethodNotAllowed"]
 NotImplementedS3 = ERRORS_BY_NAME["NotImplemented"]
 ServerSideEncryptionConfigurationNotFoundError = ERRORS_BY_NAME["ServerSideEncryptionConfigurationNotFoundError"]

@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass
 
 from sealstore import errors
+from sealstore.sse_context import canonical_context_json, parse_context_json, validate_context  # noqa: F401
 from services.crypto import dare
 
 SEAL_ALGORITHM = "DAREv2-HMAC-SHA256"
@@ -29,32 +30,8 @@ SEALED_KEY_SIZE = dare.HEADER_SIZE + KEY_SIZE + dare.TAG_SIZE
 
 # --- contexts ---------------------------------------------------------------------------
 
-def _validate_context(context: object) -> dict[str, str]:
-    if not isinstance(context, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in context.items()):
-        raise errors.InvalidArgument("The encryption context must be a JSON object of strings to strings.")
-    return context
-
-
-def canonical_context_json(context: dict[str, str]) -> str:
-    """Keys sorted, compact, UTF-8 kept, and Go's HTML-safe escapes (as MinIO's MarshalText)."""
-    text = json.dumps(_validate_context(context), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    # These characters only occur inside JSON strings, so plain replacement is exact.
-    for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
-                         ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
-        text = text.replace(char, escape)
-    return text
-
-
-def parse_context_json(text: str) -> dict[str, str]:
-    """The client context stored or sent as JSON ('' means none)."""
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except ValueError:
-        raise errors.InvalidArgument("The encryption context is not valid JSON.") from None
-    return _validate_context(value)
+# The canonical form lives in the shared library: the gateway parses the same context.
+_validate_context = validate_context
 
 
 def go_path_clean(path: str) -> str:

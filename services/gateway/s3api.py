@@ -46,12 +46,6 @@ RESPONSE_OVERRIDES = {
 PASSTHROUGH_META = ("cache-control", "content-disposition", "content-encoding", "content-language", "expires")
 
 
-class PreconditionFailed(errors.SealstoreError):
-    code = "PreconditionFailed"
-    http_status = 412
-    default_message = "At least one of the pre-conditions you specified did not hold"
-
-
 class NotModified(Exception):
     """If-None-Match matched: answer 304 without a body."""
 
@@ -89,7 +83,7 @@ def _etag_matches(header: str, etag: str) -> bool:
 def _check_conditions(request: web.Request, meta: types_pb2.ObjectMeta) -> None:
     if_match = request.headers.get("If-Match")
     if if_match is not None and not _etag_matches(if_match, meta.etag):
-        raise PreconditionFailed(resource=request.path)
+        raise errors.PreconditionFailed(resource=request.path)
     if_none = request.headers.get("If-None-Match")
     if if_none is not None and _etag_matches(if_none, meta.etag):
         raise NotModified()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from sealstore import errors
+from sealstore.sse_context import canonical_context_json
 from sealstore.v1 import types_pb2
 
 H_SSE = "x-amz-server-side-encryption"
@@ -53,17 +54,6 @@ def key_arn(name: str) -> str:
     return name if name.startswith(ARN_PREFIX) else ARN_PREFIX + name
 
 
-_GO_HTML_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
-
-
-def canonical_context_json(context: Mapping[str, str]) -> str:
-    """Keys sorted, no spaces, HTML-safe escaping as Go's encoding/json (MinIO's kms.Context)."""
-    text = json.dumps(dict(context), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    for char, escaped in _GO_HTML_ESCAPES.items():
-        text = text.replace(char, escaped)
-    return text
-
-
 def parse_context_header(value: str) -> str:
     """Base64 JSON object of strings -> canonical JSON; InvalidArgument otherwise."""
     try:
@@ -73,7 +63,7 @@ def parse_context_header(value: str) -> str:
         raise errors.InvalidArgument("The SSE-KMS context must be base64 of a JSON object") from None
     if not isinstance(context, dict) or not all(isinstance(v, str) for v in context.values()):
         raise errors.InvalidArgument("The SSE-KMS context must be a JSON object of string values")
-    return canonical_context_json(context)
+    return canonical_context_json(context)  # the shared canonical form (sealstore.sse_context)
 
 
 def reject_ssec(headers: Mapping[str, str]) -> None:
