@@ -13,6 +13,12 @@ def cluster(tmp_path_factory):
     stop_cluster(running)
 
 
+@pytest.fixture
+def s3(cluster):
+    """A boto3 S3 client (SigV4, no retries) with the cluster's root credentials."""
+    return cluster.s3()
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if "tests/cluster/" in str(item.fspath):

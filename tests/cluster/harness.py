@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,16 @@ from botocore.config import Config
 
 REPO = Path(__file__).resolve().parents[2]
 SEALSTORE = str(Path(sys.executable).parent / "sealstore")
+
+
+def unique(prefix: str) -> str:
+    """A bucket or key name no other test uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def error_code(exc) -> str:
+    """The S3 error code of a botocore ClientError."""
+    return exc.response["Error"]["Code"]
 
 
 def _free(port: int) -> bool:

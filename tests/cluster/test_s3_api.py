@@ -5,7 +5,6 @@ import hashlib
 import os
 import urllib.request
 import urllib.error
-import uuid
 from xml.etree import ElementTree
 
 import boto3
@@ -16,18 +15,7 @@ from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def error_code(exc: ClientError) -> str:
-    return exc.response["Error"]["Code"]
-
-
-@pytest.fixture
-def s3(cluster):
-    return cluster.s3()
+from tests.cluster.harness import error_code, unique
 
 
 def signed_request(cluster, method: str, path: str, body: bytes = b"", headers: dict | None = None):

@@ -5,23 +5,11 @@ import base64
 import hashlib
 import json
 import os
-import uuid
 
 import pytest
 from botocore.exceptions import ClientError
 
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def error_code(exc: ClientError) -> str:
-    return exc.response["Error"]["Code"]
-
-
-@pytest.fixture
-def s3(cluster):
-    return cluster.s3()
+from tests.cluster.harness import error_code, unique
 
 
 @pytest.fixture
