@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PROTOS := $(wildcard protos/sealstore/v1/*.proto)
 GENERATED := sealstore/v1/.generated
 
-.PHONY: install protos run test unit bench clean
+.PHONY: install protos run test unit bench clean system-tools
 
 install: $(VENV)/.installed $(GENERATED)
 
@@ -30,7 +30,18 @@ $(VENV)/.test-installed: $(VENV)/.installed requirements-test.lock
 run: install
 	$(BIN)/sealstore run
 
-test: install $(VENV)/.test-installed
+# The compose test needs a Docker engine and debootstrap (images are built locally: no registry).
+system-tools:
+	@if ! command -v dockerd >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      docker.io debootstrap >/dev/null; \
+	  else \
+	    echo "note: docker.io and debootstrap are missing and this is not root: the compose test will be skipped"; \
+	  fi; \
+	fi
+
+test: install $(VENV)/.test-installed system-tools
 	$(BIN)/python -m pytest -q tests
 
 unit: install $(VENV)/.test-installed

@@ -6,10 +6,12 @@ repo=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$repo"
 base=${SEALSTORE_BASE_IMAGE:-local/sealstore-base:bookworm}
 if ! docker image inspect "$base" >/dev/null 2>&1; then
-  mirror=${DEBIAN_MIRROR:-$(awk '/^deb /{print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)}
+  # The Debian mirror apt already uses on this host (no other registry is reachable).
+  mirror=${DEBIAN_MIRROR:-$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '/^URIs:/{print $2}' | grep -m1 '/debian/\?$' || true)}
   if [ -z "$mirror" ]; then
-    mirror=$(grep -h '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -1 | awk '{print $2}')
+    mirror=$(awk '/^deb .*debian/{print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
   fi
+  mirror=${mirror:-http://deb.debian.org/debian}
   rootfs=$(mktemp -d)
   debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$rootfs" "$mirror"
   tar -C "$rootfs" -c . | docker import - "$base"
