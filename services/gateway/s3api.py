@@ -5,6 +5,8 @@ erasure set directly. Errors are raised as `sealstore.errors` and rendered in se
 """
 from __future__ import annotations
 
+import asyncio
+
 import base64
 import binascii
 import email.utils
@@ -373,6 +375,14 @@ class S3Api:
             response = await call
         except grpc.RpcError as e:
             raise _rpc(e) from None
+        except asyncio.InvalidStateError:
+            # The worker ended the call before we finished writing (a missing or disabled key
+            # is found before any data is needed): its status is the answer.
+            try:
+                await call
+            except grpc.RpcError as e:
+                raise _rpc(e) from None
+            raise errors.InternalError("the crypto worker ended the upload before its end") from None
         except BaseException:
             call.cancel()
             raise

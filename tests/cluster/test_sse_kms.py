@@ -121,7 +121,7 @@ def test_disable_enable_delete_locks_one_bucket_only(cluster, s3):
     assert s3.get_object(Bucket=bucket_a, Key="a")["Body"].read() == body_a
     assert s3.get_object(Bucket=bucket_a, Key="a", Range="bytes=100-200")["Body"].read() == body_a[100:201]
 
-    cluster.cli("key", "delete", key_a)
+    cluster.cli("key", "delete", key_a, "--force")
     for _ in range(2):
         with pytest.raises(ClientError) as exc:
             s3.get_object(Bucket=bucket_a, Key="a")
@@ -205,3 +205,15 @@ def test_aws_cli_s3api_put_with_kms_key(cluster, tmp_path):
     out = tmp_path / "out.txt"
     cluster.aws("s3api", "get-object", "--bucket", bucket, "--key", "f.txt", str(out))
     assert out.read_bytes() == src.read_bytes()
+
+
+def test_large_put_naming_missing_key_fails_cleanly(cluster, s3):
+    """The worker refuses before it needs any data, while the gateway is still streaming."""
+    bucket = unique("early")
+    s3.create_bucket(Bucket=bucket)
+    for _ in range(3):
+        with pytest.raises(ClientError) as exc:
+            s3.put_object(Bucket=bucket, Key="big", Body=os.urandom(24 << 20),
+                          ServerSideEncryption="aws:kms", SSEKMSKeyId="no-such-key")
+        assert error_code(exc.value) == "KMS.NotFoundException"
+    assert s3.list_objects_v2(Bucket=bucket)["KeyCount"] == 0
