@@ -7,9 +7,6 @@ the environment) for S3.
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
-import datetime
 import json
 import sys
 import urllib.error
@@ -19,7 +16,7 @@ from xml.etree import ElementTree
 
 import grpc
 
-from sealstore import config, errors
+from sealstore import cli_admin, cli_keys, cli_policy, config, errors
 
 S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 
@@ -38,58 +35,6 @@ def _kms_stub():
     topology = config.load_topology(data)
     channel = rpc.sync_channel(config.certs_dir(data), "admin", topology.kms)
     return kms_pb2_grpc.KeyServiceStub(channel)
-
-
-def _format_key(info) -> str:
-    created = datetime.datetime.fromtimestamp(info.created_ns / 1e9, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    state = "enabled" if info.enabled else "DISABLED"
-    return f"{info.name:<32} {info.algorithm:<8} {state:<9} {created}"
-
-
-def _read_key_material(path: str) -> bytes:
-    raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
-    if len(raw) == 32:
-        return raw
-    text = raw.strip()
-    for decode in (binascii.unhexlify, base64.b64decode):
-        try:
-            key = decode(text)
-        except (binascii.Error, ValueError):
-            continue
-        if len(key) == 32:
-            return key
-    raise SystemExit("sealstore: a key file holds 32 raw bytes, 64 hex characters or base64 of 32 bytes")
-
-
-def cmd_key(args) -> int:
-    from sealstore.v1 import kms_pb2
-    stub = _kms_stub()
-    try:
-        if args.action == "create":
-            print(_format_key(stub.CreateKey(kms_pb2.CreateKeyRequest(name=args.name))))
-        elif args.action == "import":
-            key = _read_key_material(args.key_file)
-            print(_format_key(stub.ImportKey(kms_pb2.ImportKeyRequest(name=args.name, key=key))))
-        elif args.action == "list":
-            for info in stub.ListKeys(kms_pb2.ListKeysRequest(pattern=args.pattern)).keys:
-                print(_format_key(info))
-        elif args.action == "describe":
-            info = stub.DescribeKey(kms_pb2.KeyRequest(name=args.name))
-            print(json.dumps({"name": info.name, "algorithm": info.algorithm, "enabled": info.enabled,
-                              "created_ns": info.created_ns, "created_by": info.created_by}, indent=2))
-        elif args.action == "disable":
-            stub.DisableKey(kms_pb2.KeyRequest(name=args.name))
-            print(f"key {args.name} disabled: objects under it are locked until it is enabled again")
-        elif args.action == "enable":
-            stub.EnableKey(kms_pb2.KeyRequest(name=args.name))
-            print(f"key {args.name} enabled")
-        elif args.action == "delete":
-            stub.DeleteKey(kms_pb2.KeyRequest(name=args.name))
-            print(f"key {args.name} deleted: objects under it are unreadable for good")
-    except grpc.RpcError as exc:
-        err = errors.from_rpc_error(exc)
-        return _fail(f"{err.code}: {err.message}")
-    return 0
 
 
 # ---------------------------------------------------------------- bucket encryption (S3 API, like mc encrypt)
@@ -209,15 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("run", help="start the local cluster in the foreground (Ctrl-C stops it)")
 
-    key = sub.add_parser("key", help="manage external keys in the kms")
-    key_sub = key.add_subparsers(dest="action", required=True)
-    for action in ("create", "describe", "disable", "enable", "delete"):
-        key_sub.add_parser(action).add_argument("name")
-    imp = key_sub.add_parser("import", help="import 32 bytes of key material")
-    imp.add_argument("name")
-    imp.add_argument("--key-file", required=True, help="32 raw bytes, 64 hex chars or base64; - for stdin")
-    lst = key_sub.add_parser("list")
-    lst.add_argument("pattern", nargs="?", default="*")
+    cli_keys.register(sub)
 
     enc = sub.add_parser("encrypt", help="bucket default encryption, like `mc encrypt`")
     enc_sub = enc.add_subparsers(dest="action", required=True)
@@ -236,16 +173,22 @@ def build_parser() -> argparse.ArgumentParser:
     init = sub.add_parser("init", help="create the dev PKI and root S3 credentials in the data directory "
                                        "(what `run` does first; for containers)")
     init.add_argument("--san", action="append", default=[], help="extra DNS name or IP for the certificates")
+    cli_policy.register(sub)
+    cli_admin.register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if (handled := cli_policy.dispatch(args)) is not None:
+        return handled
+    if (handled := cli_admin.dispatch(args)) is not None:
+        return handled
     if args.command == "run":
         from sealstore import launcher
         return launcher.run()
-    if args.command == "key":
-        return cmd_key(args)
+    if (handled := cli_keys.dispatch(args)) is not None:
+        return handled
     if args.command == "encrypt":
         return cmd_encrypt(args)
     if args.command == "status":

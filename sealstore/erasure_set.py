@@ -26,7 +26,7 @@ import grpc
 
 from sealstore import errors
 from sealstore.config import Topology
-from sealstore.rpc import aio_channel
+from sealstore.rpc import CHANNEL_OPTIONS, channel_credentials
 from sealstore.v1 import storage_pb2, storage_pb2_grpc, types_pb2
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,16 @@ T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 10.0
 """Seconds allowed to one metadata call on one member."""
+
+# gRPC's default reconnect backoff grows to 120 s: a storage node restarted after a few
+# minutes would stay "unavailable" to this client for up to two more. Members are on a LAN;
+# retrying the connection every few seconds costs nothing and brings them back at once.
+_MEMBER_CHANNEL_OPTIONS = [*CHANNEL_OPTIONS, ("grpc.initial_reconnect_backoff_ms", 250),
+                           ("grpc.min_reconnect_backoff_ms", 250), ("grpc.max_reconnect_backoff_ms", 2000)]
+
+
+def _member_channel(certs: Path, role: str, address: str) -> grpc.aio.Channel:
+    return grpc.aio.secure_channel(address, channel_credentials(certs, role), options=_MEMBER_CHANNEL_OPTIONS)
 
 # Errors that say "this member could not answer" rather than anything about the data.
 _AVAILABILITY_ERRORS = (errors.ServiceUnavailable, errors.SlowDown)
@@ -86,6 +96,22 @@ def _majority(messages: list) -> object:
     return next(m for m in messages if m.SerializeToString(deterministic=True) == best)
 
 
+def comparable_meta(meta: types_pb2.ObjectMeta) -> bytes:
+    """A version's metadata as every member should hold it (shard_index differs by member)."""
+    copy = types_pb2.ObjectMeta()
+    copy.CopyFrom(meta)
+    copy.shard_index = 0
+    copy.ClearField("inline_shard")
+    return copy.SerializeToString(deterministic=True)
+
+
+def majority_meta(copies: list[types_pb2.ObjectMeta]) -> types_pb2.ObjectMeta:
+    """The content most copies of one version share (ties: the first seen)."""
+    counts = collections.Counter(comparable_meta(m) for m in copies)
+    best = counts.most_common(1)[0][0]
+    return next(m for m in copies if comparable_meta(m) == best)
+
+
 class ErasureSetClient:
     """Quorum reads and writes of bucket and object metadata across one erasure set."""
 
@@ -99,7 +125,7 @@ class ErasureSetClient:
         self._stubs: dict[str, storage_pb2_grpc.StorageServiceStub] = {}
         for m in topology.storage_set:
             if m.address not in self._channels:
-                self._channels[m.address] = aio_channel(certs, role, m.address)
+                self._channels[m.address] = _member_channel(certs, role, m.address)
                 self._stubs[m.address] = storage_pb2_grpc.StorageServiceStub(self._channels[m.address])
         self.members = [Member(i, m.address, m.drive, self._stubs[m.address])
                         for i, m in enumerate(topology.storage_set)]
@@ -151,11 +177,17 @@ class ErasureSetClient:
                                    for a in self._addresses_where_ok(outcomes)))
         raise _verdict(outcomes, self.write_quorum, f"make bucket {bucket}")
 
-    async def get_bucket(self, bucket: str) -> types_pb2.BucketInfo:
+    async def get_bucket(self, bucket: str, *, for_write: bool = False) -> types_pb2.BucketInfo:
+        """The bucket's info (read quorum). `for_write`: also SlowDown unless write_quorum
+        members answer, so a write that cannot reach quorum fails before it touches any drive
+        (an inline object's commit would otherwise replace, then undo, the previous version on
+        the few members it reached)."""
         request = storage_pb2.BucketRequest(bucket=bucket)
         outcomes = await self._each_node(lambda s: s.GetBucket(request, timeout=self.timeout))
         found = [o for o in outcomes if not _failed(o)]
         if len(found) >= self.read_quorum:
+            if for_write and len(found) < self.write_quorum:
+                raise _verdict(outcomes, self.write_quorum, f"write to bucket {bucket}")
             return _majority(found)
         raise _verdict(outcomes, self.read_quorum, f"get bucket {bucket}")
 
@@ -216,9 +248,16 @@ class ErasureSetClient:
             return m.stub.GetObjectMeta(storage_pb2.ObjectRequest(bucket=bucket, key=key, drive=m.drive),
                                         timeout=self.timeout)
         outcomes = await self._each_member(call)
-        if _count(outcomes, errors.NoSuchBucket) >= self.read_quorum:
+        # NoSuchBucket only when too few members could have the bucket for any read to succeed:
+        # members that lost it with their drive (wiped, replaced) must not hide it from the others.
+        if _count(outcomes, errors.NoSuchBucket) > len(self.members) - self.read_quorum:
             raise next(o for o in outcomes if isinstance(o, errors.NoSuchBucket))
         return outcomes
+
+    async def meta_outcomes(self, bucket: str, key: str) -> list:
+        """One entry per member: its ObjectMeta or its typed error (NoSuchKey: it answered, without
+        a copy; ServiceUnavailable: it did not answer)."""
+        return await self._meta_outcomes(bucket, key)
 
     async def get_object_metas(self, bucket: str, key: str) -> list[types_pb2.ObjectMeta | None]:
         """One entry per member: its copy of the metadata, or None (no copy, or unreachable)."""
@@ -229,7 +268,14 @@ class ErasureSetClient:
         chosen = self.quorum_version([None if _failed(o) else o for o in outcomes])
         if chosen is not None:
             return chosen
-        raise _verdict(outcomes, self.read_quorum, f"read metadata of {bucket}/{key}")
+        # "No such key" only when the members without a copy are so many that the object could
+        # not be read even if every other member had it; else the silent members might: 503.
+        absent = _count(outcomes, errors.NoSuchKey)
+        if absent > len(self.members) - self.read_quorum:
+            raise next(o for o in outcomes if isinstance(o, errors.NoSuchKey))
+        raise _verdict([o for o in outcomes if not isinstance(o, errors.NoSuchKey)] +
+                       [errors.ServiceUnavailable("no copy here")] * absent,
+                       self.read_quorum, f"read metadata of {bucket}/{key}")
 
     def quorum_version(self, metas: list[types_pb2.ObjectMeta | None]) -> types_pb2.ObjectMeta | None:
         """Of per-member copies, the version (data_id) at least read_quorum agree on; newest mtime wins."""
@@ -240,7 +286,11 @@ class ErasureSetClient:
         agreed = [copies for copies in by_version.values() if len(copies) >= self.read_quorum]
         if not agreed:
             return None
-        return max(agreed, key=lambda copies: copies[0].mtime_ns)[0]
+        copies = max(agreed, key=lambda copies: copies[0].mtime_ns)
+        # Copies of one version normally agree byte for byte (but for shard_index); if one drive's
+        # copy differs (damaged, or hand-edited), the majority's content wins and healing
+        # rewrites the minority (sealstore/erasure_heal.py).
+        return majority_meta(copies)
 
     async def delete_object(self, bucket: str, key: str) -> None:
         def call(m: Member):
@@ -344,8 +394,12 @@ class ErasureSetClient:
         finally:
             call.cancel()
 
-    async def commit_object(self, upload_id: str, meta: types_pb2.ObjectMeta, members: list[int]) -> None:
+    async def commit_object(self, upload_id: str, meta: types_pb2.ObjectMeta, members: list[int],
+                            inline_blocks: list[bytes] | None = None) -> None:
         """Commits the upload on `members` (each gets meta with shard_index = its index).
+
+        With meta.inline, member i's shard is inline_blocks[i] (empty list: an empty object),
+        written with the metadata in one go; nothing was uploaded before.
 
         Below write_quorum, undoes best effort: deletes the key on the members that committed,
         so the failed PUT never becomes visible, and drops the temporary shards elsewhere, then
@@ -360,8 +414,9 @@ class ErasureSetClient:
             copy = types_pb2.ObjectMeta()
             copy.CopyFrom(meta)
             copy.shard_index = m.index
+            block = inline_blocks[m.index] if inline_blocks else b""
             return m.stub.CommitObject(storage_pb2.CommitObjectRequest(
-                upload_id=upload_id, meta=copy, drive=m.drive), timeout=self.timeout)
+                upload_id=upload_id, meta=copy, drive=m.drive, inline_block=block), timeout=self.timeout)
         outcomes = await self._each_member(call, targets)
         committed = [m for m, o in zip(targets, outcomes) if not _failed(o)]
         if len(committed) >= self.write_quorum:
@@ -379,6 +434,66 @@ class ErasureSetClient:
         reasons = "; ".join(sorted({f"{type(o).__name__}: {o.message}" for o in outcomes if _failed(o)}))
         raise errors.SlowDown(f"commit {meta.bucket}/{meta.key}: {len(committed)} of {len(self.members)} "
                               f"drives committed, {self.write_quorum} needed ({reasons})")
+
+    async def heal_commit(self, member: int, upload_id: str, meta: types_pb2.ObjectMeta,
+                          expect_data_id: str, inline_block: bytes = b"") -> None:
+        """Commits a healed shard on one member, only if its current version is `expect_data_id`
+        ("" = none): a concurrent PUT or DELETE wins over the heal (PreconditionFailed)."""
+        m = self.members[member]
+        copy = types_pb2.ObjectMeta()
+        copy.CopyFrom(meta)
+        copy.shard_index = m.index
+        try:
+            await m.stub.CommitObject(storage_pb2.CommitObjectRequest(
+                upload_id=upload_id, meta=copy, drive=m.drive, conditional=True, expect_data_id=expect_data_id,
+                inline_block=inline_block),
+                timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise errors.from_rpc_error(exc) from None
+
+    async def check_shards(self, bucket: str, key: str, deep: bool) -> list:
+        """Each member's CheckShardResponse for the object, or its error (unreachable, refused)."""
+        def call(m: Member):
+            return m.stub.CheckShard(storage_pb2.CheckShardRequest(bucket=bucket, key=key, drive=m.drive, deep=deep),
+                                     timeout=None if deep else self.timeout)
+        return await self._each_member(call)
+
+    async def member_keys(self, member: int, bucket: str) -> list[storage_pb2.ObjectEntry]:
+        """Every object one member lists in the bucket (all pages); raises the member's error."""
+        m = self.members[member]
+        entries: list[storage_pb2.ObjectEntry] = []
+        cursor = ""
+        while True:
+            try:
+                page = await m.stub.ListObjects(storage_pb2.ListObjectsRequest(
+                    bucket=bucket, start_after=cursor, max_keys=1000, drive=m.drive), timeout=self.timeout)
+            except grpc.RpcError as exc:
+                raise errors.from_rpc_error(exc) from None
+            entries.extend(page.entries)
+            if not page.truncated or not page.entries:
+                return entries
+            cursor = page.entries[-1].key
+
+    async def make_bucket_on(self, address: str, info: types_pb2.BucketInfo) -> bool:
+        """Heals a bucket on one node (its drives that lack it); True if any drive got it."""
+        stub = self._stubs[address]
+        made = await self._guard(stub.MakeBucket(storage_pb2.MakeBucketRequest(
+            bucket=info.name, created_ns=info.created_ns), timeout=self.timeout), address)
+        if _failed(made):
+            return False
+        if info.encryption.sse_algorithm:
+            await self._guard(stub.SetBucketEncryption(storage_pb2.SetBucketEncryptionRequest(
+                bucket=info.name, encryption=info.encryption), timeout=self.timeout), address)
+        return True
+
+    async def delete_version(self, member: int, bucket: str, key: str, data_id: str) -> None:
+        """Removes one member's copy of version `data_id` (a dangling leftover), if still current."""
+        m = self.members[member]
+        try:
+            await m.stub.DeleteObject(storage_pb2.ObjectRequest(bucket=bucket, key=key, drive=m.drive,
+                                                                data_id=data_id), timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise errors.from_rpc_error(exc) from None
 
     async def abort_upload(self, upload_id: str) -> None:
         def call(m: Member):

@@ -79,6 +79,8 @@ _TABLE = [
     ("ObjectTampered", "XSealstoreObjectTampered", 500, SC.DATA_LOSS, "The object's stored data failed authentication."),
     ("KMSNotFound", "KMS.NotFoundException", 400, SC.NOT_FOUND, "The KMS key does not exist."),
     ("KMSDisabled", "KMS.DisabledException", 400, SC.FAILED_PRECONDITION, "The KMS key is disabled."),
+    ("KMSPendingDeletion", "KMS.KMSInvalidStateException", 400, SC.FAILED_PRECONDITION,
+     "The KMS key is pending deletion."),
     ("KMSKeyExists", "KMS.AlreadyExistsException", 409, SC.ALREADY_EXISTS, "A KMS key with this name already exists."),
     ("KMSInvalidCiphertext", "KMS.InvalidCiphertextException", 400, SC.INVALID_ARGUMENT,
      "The data key ciphertext is not authentic for this key and context."),
@@ -137,6 +139,7 @@ ObjectTampered = ERRORS_BY_NAME["ObjectTampered"]
 KMSNotFound = ERRORS_BY_NAME["KMSNotFound"]
 KMSDisabled = ERRORS_BY_NAME["KMSDisabled"]
 KMSKeyExists = ERRORS_BY_NAME["KMSKeyExists"]
+KMSPendingDeletion = ERRORS_BY_NAME["KMSPendingDeletion"]
 KMSInvalidCiphertext = ERRORS_BY_NAME["KMSInvalidCiphertext"]
 KMSInvalidKeyName = ERRORS_BY_NAME["KMSInvalidKeyName"]
 KMSAccessDenied = ERRORS_BY_NAME["KMSAccessDenied"]

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,9 @@ ENV_STORAGE_NODES = "SEALSTORE_STORAGE_NODES"
 ENV_DRIVES_PER_NODE = "SEALSTORE_DRIVES_PER_NODE"
 ENV_BASE_PORT = "SEALSTORE_BASE_PORT"
 ENV_CRYPTO_CIPHER = "SEALSTORE_CIPHER"
+ENV_KEEP_GOING = "SEALSTORE_KEEP_GOING"
+"""1: a child that exits is reported but the others keep running (failure tests restart it
+themselves from the `argv` recorded in cluster.json); default: the whole cluster stops."""
 
 # glibc hands every freed block >= 128 KiB back to the OS; the next 1 MiB stripe then pays
 # page faults again. Raising the thresholds made erasure coding 3-5x faster here
@@ -73,6 +77,10 @@ class Service:
     process: subprocess.Popen | None = None
     log_path: Path | None = None
 
+    def command(self, data: Path) -> list[str]:
+        return [sys.executable, "-m", f"services.{self.role}", "--listen", self.address,
+                "--data-dir", str(data), *self.args]
+
 
 def ensure_credentials(data: Path) -> tuple[str, str, bool]:
     """Root S3 credentials: from the environment, else generated once into <data>/credentials.json."""
@@ -110,7 +118,18 @@ def _wait_tcp(address: str, deadline: float) -> bool:
     return False
 
 
-def plan_services(data: Path, layout: Layout) -> tuple[list[Service], list[str]]:
+def ensure_deployment_id(data: Path) -> str:
+    """The cluster's deployment id, made once into <data>/deployment-id; every drive's format
+    file carries it, so a drive of another deployment is recognised and refused."""
+    path = data / "deployment-id"
+    if path.exists():
+        return path.read_text().strip()
+    deployment = str(uuid.uuid4())
+    config.write_file_atomic(path, deployment.encode(), mode=0o644)
+    return deployment
+
+
+def plan_services(data: Path, layout: Layout, deployment_id: str = "") -> tuple[list[Service], list[str]]:
     """The processes to start, and the erasure set's members in shard order."""
     host = "127.0.0.1"
     services = [Service("kms", "kms", f"{host}:{layout.base_port + 1}", [])]
@@ -118,8 +137,11 @@ def plan_services(data: Path, layout: Layout) -> tuple[list[Service], list[str]]
     for node in range(layout.storage_nodes):
         drives = [str(data / "drives" / f"node{node + 1}" / f"drive{d + 1}") for d in range(layout.drives_per_node)]
         address = f"{host}:{layout.base_port + 11 + node}"
+        # Member index of each drive in the set: drive d of node n is member d * nodes + n (see below).
+        slots = [str(d * layout.storage_nodes + node) for d in range(layout.drives_per_node)]
+        format_args = ["--deployment-id", deployment_id, "--set-slots", ",".join(slots)] if deployment_id else []
         storage.append(Service("storage", f"storage{node + 1}", address,
-                               ["--drives", ",".join(drives), "--node-id", str(node + 1)], drives))
+                               ["--drives", ",".join(drives), "--node-id", str(node + 1), *format_args], drives))
     services += storage
     # Interleave drives across nodes so consecutive shards of a stripe land on different nodes.
     members = [f"{s.address}/{d}" for d in range(layout.drives_per_node) for s in storage]
@@ -130,11 +152,17 @@ def plan_services(data: Path, layout: Layout) -> tuple[list[Service], list[str]]
     return services, members
 
 
+def service_env(data: Path) -> dict[str, str]:
+    """The environment every service process starts with (also used to restart one)."""
+    return {**os.environ, **MALLOC_ENV, config.ENV_DATA_DIR: str(data), "PYTHONUNBUFFERED": "1"}
+
+
 class Cluster:
     def __init__(self, data: Path, layout: Layout):
         self.data = data
         self.layout = layout
-        self.services, self.members = plan_services(data, layout)
+        self.deployment_id = ensure_deployment_id(data)
+        self.services, self.members = plan_services(data, layout, self.deployment_id)
         self.cluster_file = config.ClusterFile(parity_shards=layout.parity, storage_set=self.members)
 
     def _record(self, ready: bool) -> None:
@@ -142,10 +170,12 @@ class Cluster:
             {"role": s.role, "name": s.name, "address": s.address,
              "pid": s.process.pid if s.process else None,
              **({"drives": s.drives} if s.drives else {}),
+             "argv": s.command(self.data),
              "log": str(s.log_path) if s.log_path else None}
             for s in self.services]
         raw = json.loads(self.cluster_file.to_json())
         raw["ready"] = ready
+        raw["deployment_id"] = self.deployment_id
         raw["gateway_url"] = f"http://{self.layout.gateway}"
         config.write_file_atomic(self.data / "cluster.json", json.dumps(raw, indent=2).encode(), mode=0o644)
 
@@ -160,7 +190,7 @@ class Cluster:
         self._record(ready=False)
         logs = self.data / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **MALLOC_ENV, config.ENV_DATA_DIR: str(self.data), "PYTHONUNBUFFERED": "1"}
+        env = service_env(self.data)
         # Storage and kms first: the worker and the gateway connect to them.
         for wave in (("storage", "kms"), ("crypto",), ("gateway",)):
             started = [s for s in self.services if s.role in wave]
@@ -168,9 +198,7 @@ class Cluster:
                 s.log_path = logs / f"{s.name}.log"
                 log = open(s.log_path, "ab")
                 s.process = subprocess.Popen(
-                    [sys.executable, "-m", f"services.{s.role}", "--listen", s.address,
-                     "--data-dir", str(self.data), *s.args],
-                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                    s.command(self.data), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                     start_new_session=True)
                 log.close()
             self._record(ready=False)
@@ -183,8 +211,9 @@ class Cluster:
                         raise SystemExit(f"sealstore: {s.name} failed to start; its log ends:\n{tail}")
         self._record(ready=True)
 
-    def first_exited(self) -> Service | None:
-        return next((s for s in self.services if s.process and s.process.poll() is not None), None)
+    def first_exited(self, ignore: set[str] = frozenset()) -> Service | None:
+        return next((s for s in self.services
+                     if s.name not in ignore and s.process and s.process.poll() is not None), None)
 
     def stop(self) -> None:
         # Reverse order: the gateway stops taking requests before the services behind it go.
@@ -230,9 +259,15 @@ def run(argv: list[str] | None = None) -> int:
         print(f"  root credentials: {'environment' if os.environ.get(config.ENV_ROOT_USER) else data / 'credentials.json'}", flush=True)
     print("  Ctrl-C stops the cluster.", flush=True)
     exit_code = 0
+    keep_going = os.environ.get(ENV_KEEP_GOING) == "1"
+    reported: set[str] = set()
     while not stopping:
-        dead = cluster.first_exited()
-        if dead is not None:
+        dead = cluster.first_exited(ignore=reported)
+        if dead is not None and keep_going:
+            print(f"sealstore: {dead.name} exited with code {dead.process.returncode}; the others keep running "
+                  f"({ENV_KEEP_GOING}=1)", file=sys.stderr, flush=True)
+            reported.add(dead.name)
+        elif dead is not None:
             print(f"sealstore: {dead.name} exited with code {dead.process.returncode}; stopping the cluster "
                   f"(see {dead.log_path})", file=sys.stderr, flush=True)
             exit_code = 1

@@ -8,7 +8,9 @@ authentication failure is ObjectTampered: garbage is never returned.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import logging
+from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 from sealstore import errors
@@ -18,8 +20,33 @@ from services.crypto import dare, erasure, keys
 from services.crypto.kms_client import KmsClient
 from services.crypto.shard_io import StripeReader
 
+log = logging.getLogger(__name__)
+
 MESSAGE_SIZE = 1 << 20
 """Largest plaintext chunk handed to the sender."""
+
+MAX_BACKGROUND_HEALS = 4
+"""Heals on read run in the background, at most this many at once; more are dropped (the
+`sealstore admin heal` walk or a later read finds them again)."""
+_healing: dict[tuple[str, str], asyncio.Task] = {}
+
+
+def schedule_heal(store: ErasureSetClient, bucket: str, key: str, suspects: set[int]) -> None:
+    """Heals an object whose read found bad copies, after the read, without delaying it."""
+    from sealstore.erasure_heal import heal_object
+    if (bucket, key) in _healing or len(_healing) >= MAX_BACKGROUND_HEALS:
+        return
+
+    async def heal() -> None:
+        try:
+            report = await heal_object(store, bucket, key, deep=False, suspects=frozenset(suspects))
+            log.info("heal on read of %s/%s: %d shards rebuilt, %d failed", bucket, key,
+                     report.shards_rebuilt, report.shards_failed)
+        except Exception as exc:  # a failed heal changes nothing; a later read or heal retries
+            log.warning("heal on read of %s/%s failed: %r", bucket, key, exc)
+        finally:
+            _healing.pop((bucket, key), None)
+    _healing[(bucket, key)] = asyncio.ensure_future(heal())
 
 
 @dataclass(frozen=True)
@@ -67,6 +94,8 @@ class ObjectReader:
     range: ResolvedRange
     oek: bytearray | None
     holders: list[int]
+    # Members whose copy is missing or stale (found when the metadata was read).
+    suspects: set[int] = field(default_factory=set)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The range's plaintext in chunks of at most MESSAGE_SIZE bytes."""
@@ -85,6 +114,8 @@ class ObjectReader:
                     del out[:MESSAGE_SIZE]
             if out:
                 yield bytes(out)
+            if self.suspects:
+                schedule_heal(self.store, self.meta.bucket, self.meta.key, self.suspects)
         finally:
             if self.oek is not None:
                 keys.zero(self.oek)
@@ -99,7 +130,7 @@ class ObjectReader:
         first, count = erasure.stripe_span(offset, length, stripe_size)
         reader = StripeReader(self.store, coder, self.meta.bucket, self.meta.key, self.meta.data_id, self.holders)
         stripe_index = first
-        async for stripe in reader.stripes(first, count):
+        async for stripe in self._noting_bad_members(reader, first, count):
             start = stripe_index * stripe_size
             expected = min(stripe_size, self.meta.stored_size - start)
             if len(stripe) != expected:
@@ -109,6 +140,13 @@ class ObjectReader:
             hi = min(offset + length, start + len(stripe)) - start
             yield memoryview(stripe)[lo:hi]
             stripe_index += 1
+
+    async def _noting_bad_members(self, reader: StripeReader, first: int, count: int) -> AsyncIterator[bytes]:
+        try:
+            async for stripe in reader.stripes(first, count):
+                yield stripe
+        finally:
+            self.suspects |= reader.bad_members
 
     async def _decrypted(self) -> AsyncIterator[memoryview]:
         size, enc = self.meta.size, self.meta.encryption
@@ -139,16 +177,23 @@ class ObjectReader:
 async def open_object(store: ErasureSetClient, kms: KmsClient, bucket: str, key: str,
                       requested: RangeRequest | None) -> ObjectReader:
     """Everything a GET needs before its first byte; raises the client-visible errors."""
-    metas = await store.get_object_metas(bucket, key)
+    outcomes = await store.meta_outcomes(bucket, key)
+    metas = [o if isinstance(o, types_pb2.ObjectMeta) else None for o in outcomes]
     meta = store.quorum_version(metas)
     if meta is None:
         # Let the quorum client decide between NoSuchKey and SlowDown.
         meta = await store.get_object_meta(bucket, key)
-        metas = await store.get_object_metas(bucket, key)
+        outcomes = await store.meta_outcomes(bucket, key)
+        metas = [o if isinstance(o, types_pb2.ObjectMeta) else None for o in outcomes]
     holders = [i for i, m in enumerate(metas) if m is not None and m.data_id == meta.data_id]
+    # A member that answered without this version (no copy, or an older one) is healed after
+    # the read; one that did not answer is offline, and a heal could not reach it anyway.
+    suspects = {i for i, o in enumerate(outcomes)
+                if isinstance(o, (errors.NoSuchKey, errors.NoSuchBucket))
+                or (isinstance(o, types_pb2.ObjectMeta) and o.data_id != meta.data_id and o.mtime_ns < meta.mtime_ns)}
     resolved = resolve_range(meta.size, requested)
     oek = await unseal_object_key(kms, meta) if meta.HasField("encryption") else None
-    return ObjectReader(store, meta, resolved, oek, holders)
+    return ObjectReader(store, meta, resolved, oek, holders, suspects)
 
 
 async def unseal_object_key(kms: KmsClient, meta: types_pb2.ObjectMeta) -> bytearray:

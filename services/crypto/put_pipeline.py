@@ -25,12 +25,23 @@ from sealstore.erasure_set import ErasureSetClient
 from sealstore.v1 import types_pb2
 from services.crypto import dare, erasure, keys
 from services.crypto.kms_client import KmsClient
-from services.crypto.shard_io import ShardFanout
+from services.crypto.shard_io import InlineFragments, ShardFanout
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 ENVELOPE_FORMAT_VERSION = 1
+INLINE_SHARD_LIMIT = 128 * 1024
+"""Objects whose shard per drive is at most this (MinIO's 128 KiB) are stored inline: inside
+each drive's metadata, one write per drive."""
+
+
+def stored_inline(header: "PutHeader", data_shards: int) -> bool:
+    """Whether the object (of announced size) goes inline; unknown sizes are streamed."""
+    if header.content_length < 0:
+        return False
+    stored = dare.encrypted_size(header.content_length) if header.sse_kms is not None else header.content_length
+    return stored <= erasure.STRIPE_SIZE and -(-stored // data_shards) <= INLINE_SHARD_LIMIT
 
 
 @dataclass(frozen=True)
@@ -123,16 +134,19 @@ async def put_object(store: ErasureSetClient, kms: KmsClient, header: PutHeader,
                      body: AsyncIterator[bytes | BodyEnd], *,
                      cipher: int = dare.AES_256_GCM) -> types_pb2.ObjectMeta:
     """Stores the object; returns its committed metadata."""
-    await store.get_bucket(header.bucket)
+    await store.get_bucket(header.bucket, for_write=True)
     sealing = await _seal_new_object(kms, header, cipher) if header.sse_kms is not None else None
     coder = erasure.StripeCoder(store.data_shards, store.parity_shards)
     upload_id = uuid.uuid4().hex
-    fanout = ShardFanout(store, upload_id, header.bucket)
+    inline = stored_inline(header, store.data_shards)
+    fanout = InlineFragments(store) if inline else ShardFanout(store, upload_id, header.bucket)
     try:
         stored = await _stream_body(body, header, fanout, coder, sealing, cipher)
         members = await fanout.finish()
         meta = _object_meta(header, upload_id, stored, coder, sealing)
-        await store.commit_object(upload_id, meta, members)
+        meta.inline = inline
+        await store.commit_object(upload_id, meta, members,
+                                  inline_blocks=fanout.fragments if inline else None)
         return meta
     except BaseException as exc:
         log.info("upload %s of %s/%s aborted: %s", upload_id, header.bucket, header.key,

@@ -113,6 +113,27 @@ class ShardFanout:
             log.warning("abort of upload %s incomplete: %r", self.upload_id, exc)
 
 
+class InlineFragments:
+    """Stands in for ShardFanout for a small object: keeps the fragments of its one stripe (or of
+    none, when empty), which the commit then sends inside each member's metadata: one write per
+    drive instead of a shard stream plus a commit."""
+
+    def __init__(self, store: ErasureSetClient):
+        self.store = store
+        self.fragments: list[bytes] = []
+
+    async def send(self, fragments: list[bytes]) -> None:
+        if self.fragments:
+            raise errors.InvalidRequest("an inline object has one stripe at most")
+        self.fragments = fragments
+
+    async def finish(self) -> list[int]:
+        return [m.index for m in self.store.members]
+
+    async def abort(self) -> None:
+        pass  # nothing was written anywhere before the commit
+
+
 class StripeReader:
     """Stripes [first, first+count) of one stored object, decoded from k members' blocks."""
 
@@ -124,6 +145,9 @@ class StripeReader:
         # Lower indexes are data shards: decoding from them needs no arithmetic.
         self._candidates = sorted(holders)
         self.errors: list[errors.SealstoreError] = []
+        # Members that answered with a problem of their copy (bad checksum, missing shard,
+        # version gone): worth healing. Unreachable members are not listed: nothing to fix there.
+        self.bad_members: set[int] = set()
 
     def _open(self, member: int, first: int, end: int) -> AsyncIterator[bytes]:
         return self.store.read_shard(member, self.bucket, self.key, self.data_id, first, end - first)
@@ -163,6 +187,8 @@ class StripeReader:
                         log.warning("%s/%s: reading shard %d failed, trying another drive: %s",
                                     self.bucket, self.key, member, result.message)
                         self.errors.append(result)
+                        if isinstance(result, (errors.ObjectTampered, errors.NoSuchKey)):
+                            self.bad_members.add(member)
                         await _close(active.pop(member))
                 yield self.coder.decode(list(got.values()))
         finally:

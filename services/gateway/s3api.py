@@ -373,14 +373,19 @@ class S3Api:
             await call.write(crypto_pb2.PutObjectRequest(end=crypto_pb2.PutObjectEnd(size=body.received)))
             await call.done_writing()
             response = await call
-        except grpc.RpcError as e:
-            raise _rpc(e) from None
-        except asyncio.InvalidStateError:
-            # The worker ended the call before we finished writing (a missing or disabled key
-            # is found before any data is needed): its status is the answer.
+        except (grpc.RpcError, asyncio.InvalidStateError) as e:
+            # The worker may end the call while we are still writing (a missing or disabled key
+            # is found before any data is needed). The write then fails with a generic error;
+            # the call's own status is the answer.
             try:
                 await call
-            except grpc.RpcError as e:
+            except grpc.RpcError as final:
+                raise _rpc(final) from None
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                pass
+            if isinstance(e, grpc.RpcError):
                 raise _rpc(e) from None
             raise errors.InternalError("the crypto worker ended the upload before its end") from None
         except BaseException:

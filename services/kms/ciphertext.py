@@ -69,3 +69,38 @@ def unseal(key: bytes, ciphertext: bytes, context: bytes, *, key_name: str = "")
     except InvalidTag:
         raise errors.KMSInvalidCiphertext(
             f"ciphertext is not authentic for key {key_name!r} and the given context") from None
+
+
+# ---------------------------------------------------------------- key versions (fs and OpenBao KV keys)
+#
+# A key may have several versions (rotation). A ciphertext under version 1 is a plain KES
+# ciphertext (76 bytes for a DEK: what KES, and sealstore before key versions, wrote), so keys
+# that never rotate stay byte-compatible with KES. Under version n >= 2 it is
+#
+#     VERSION_MAGIC ("ssv1", 4 bytes) ‖ n (uint32 big-endian) ‖ KES ciphertext   (84 bytes for a DEK)
+#
+# A KES ciphertext starts with AEAD output, so it begins with the magic by chance with
+# probability 2^-32; `split_version` then offers both readings and the caller keeps the one
+# that authenticates.
+
+VERSION_MAGIC = b"ssv1"
+VERSION_HEADER_SIZE = len(VERSION_MAGIC) + 4
+LEGACY_VERSION = 1
+
+
+def add_version(version: int, kes_ciphertext: bytes) -> bytes:
+    """The stored form of a KES ciphertext made under key version `version`."""
+    if not 1 <= version < 2 ** 32:
+        raise ValueError("a key version is 1..2^32-1")
+    if version == LEGACY_VERSION:
+        return kes_ciphertext
+    return VERSION_MAGIC + version.to_bytes(4, "big") + kes_ciphertext
+
+
+def split_version(data: bytes) -> list[tuple[int, bytes]]:
+    """The readings of a stored ciphertext as (version, KES ciphertext), most likely first."""
+    if data.startswith(VERSION_MAGIC) and len(data) >= VERSION_HEADER_SIZE + OVERHEAD:
+        version = int.from_bytes(data[len(VERSION_MAGIC):VERSION_HEADER_SIZE], "big")
+        readings = [(version, data[VERSION_HEADER_SIZE:])] if version > LEGACY_VERSION else []
+        return readings + [(LEGACY_VERSION, data)]
+    return [(LEGACY_VERSION, data)]

@@ -1,132 +1,44 @@
-"""Where external keys live: one narrow interface and its backends.
+"""The `fs` backend (KES's embedded default): one JSON file per key, material sealed under the
+kms master key. The other backends: openbao_kv.py, openbao_transit.py; the interface: backend.py.
 
-`FileKeyStore` (the default, KES's "fs" keystore) keeps one JSON file per key under
-`<data>/kms/keys/<name>.json`; the key material in it is sealed under the kms master key
-`<data>/kms/master.key` (32 random bytes, mode 0600, made on first start):
+`<data>/kms/master.key` is 32 random bytes (mode 0600, made on first start). A key file is
+`<data>/kms/keys/<name>.json` (mode 0600). Format 2 (written since key versions exist):
 
-    sealed_key = nonce(12) ‖ AES-256-GCM(master key, nonce, material, AAD = "sealstore-kms-key/v1/" ‖ name)
+    {"format_version": 2, "name", "algorithm", "created_ns", "created_by", "enabled",
+     "min_version", "deletion_ns", "versions": [{"sealed_key": b64}, ...]}   # version i+1 at index i
+    sealed_key = nonce(12) ‖ AES-256-GCM(master key, nonce, material,
+                                          AAD = "sealstore-kms-key/v2/" ‖ name ‖ "/" ‖ version)
 
-Binding the name in the AAD means a key file copied or renamed to another name fails to open.
-`MemoryKeyStore` keeps everything in a dict, for unit tests.
+Format 1 (the foundation's, still read; rewritten as format 2 on the first change) holds one
+version: `"sealed_key"` at top level, AAD = "sealstore-kms-key/v1/" ‖ name.
+Binding name (and version) in the AAD means a key file copied or renamed to another name, or a
+version moved to another slot, fails to open.
 """
 from __future__ import annotations
 
-import abc
 import base64
 import json
 import os
-import re
 import threading
-from dataclasses import dataclass, field, replace
+import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from sealstore import errors
 from sealstore.config import write_file_atomic
+from services.kms.backend import KEY_SIZE, validate_key_name  # noqa: F401  (re-exported)
+from services.kms.cache import CacheSettings
+from services.kms.local_backend import ALGORITHM, KeyRecord, LocalKeyBackend, MemoryKeyStore, UpdateConflict  # noqa: F401
 
-ALGORITHM = "AES256"
-"""AES-256-GCM with a per-ciphertext HMAC-SHA256-derived key, as KES names it."""
-KEY_SIZE = 32
 MASTER_KEY_FILE = "master.key"
 KEYS_DIR = "keys"
-FILE_FORMAT_VERSION = 1
-_KEY_AAD_PREFIX = b"sealstore-kms-key/v1/"
-_NAME_RE = re.compile(r"[0-9A-Za-z_-]{1,80}")
-
-
-def validate_key_name(name: str) -> None:
-    """KES key names: 1-80 of [0-9A-Za-z_-], no hyphen first or last, not just "_"."""
-    if (not _NAME_RE.fullmatch(name) or name.startswith("-") or name.endswith("-") or name == "_"):
-        raise errors.KMSInvalidKeyName(
-            f"invalid key name {name!r}: use 1-80 characters of [0-9A-Za-z_-], no hyphen first or last")
-
-
-@dataclass(frozen=True)
-class StoredKey:
-    """One external key as the keystore holds it."""
-
-    name: str
-    material: bytes = field(repr=False)
-    """The 32 key bytes; never logged, never in a message (hence repr=False)."""
-    created_ns: int
-    created_by: str
-    """Identity of the caller that created or imported the key."""
-    enabled: bool = True
-    algorithm: str = ALGORITHM
-
-
-class KeyStore(abc.ABC):
-    """The contract every keystore backend keeps. Names are validated by every method."""
-
-    kind: str = ""
-    """Short backend name reported by Status ("fs", "mem")."""
-
-    @abc.abstractmethod
-    def create(self, key: StoredKey) -> None:
-        """Stores `key` unless its name is taken.
-
-        Raises KMSKeyExists if a key of that name exists, KMSInvalidKeyName for a bad name.
-        """
-
-    @abc.abstractmethod
-    def get(self, name: str) -> StoredKey:
-        """The key called `name`. Raises KMSNotFound if absent, KMSInvalidKeyName for a bad name."""
-
-    @abc.abstractmethod
-    def delete(self, name: str) -> None:
-        """Removes the key for good. Raises KMSNotFound if absent, KMSInvalidKeyName for a bad name."""
-
-    @abc.abstractmethod
-    def list(self) -> list[str]:
-        """Names of all keys, sorted. Raises nothing."""
-
-    @abc.abstractmethod
-    def set_enabled(self, name: str, enabled: bool) -> StoredKey:
-        """Enables or disables the key and persists that; returns the updated key.
-
-        Raises KMSNotFound if absent, KMSInvalidKeyName for a bad name.
-        """
-
-
-class MemoryKeyStore(KeyStore):
-    """Keys in a dict; for tests. Same contract as the file store."""
-
-    kind = "mem"
-
-    def __init__(self) -> None:
-        self._keys: dict[str, StoredKey] = {}
-        self._lock = threading.Lock()
-
-    def create(self, key: StoredKey) -> None:
-        validate_key_name(key.name)
-        with self._lock:
-            if key.name in self._keys:
-                raise errors.KMSKeyExists(f"key {key.name!r} already exists")
-            self._keys[key.name] = key
-
-    def get(self, name: str) -> StoredKey:
-        validate_key_name(name)
-        try:
-            return self._keys[name]
-        except KeyError:
-            raise errors.KMSNotFound(f"key {name!r} does not exist") from None
-
-    def delete(self, name: str) -> None:
-        validate_key_name(name)
-        with self._lock:
-            if self._keys.pop(name, None) is None:
-                raise errors.KMSNotFound(f"key {name!r} does not exist")
-
-    def list(self) -> list[str]:
-        return sorted(self._keys)
-
-    def set_enabled(self, name: str, enabled: bool) -> StoredKey:
-        with self._lock:
-            key = replace(self.get(name), enabled=enabled)
-            self._keys[name] = key
-            return key
+FILE_FORMAT_VERSION = 2
+_V1_AAD_PREFIX = b"sealstore-kms-key/v1/"
+_V2_AAD_PREFIX = b"sealstore-kms-key/v2/"
 
 
 def load_or_create_master_key(path: Path) -> bytes:
@@ -153,110 +65,109 @@ def load_or_create_master_key(path: Path) -> bytes:
     return master
 
 
-class FileKeyStore(KeyStore):
+def _version_aad(name: str, version: int) -> bytes:
+    return _V2_AAD_PREFIX + f"{name}/{version}".encode()
+
+
+class FileKeyStore(LocalKeyBackend):
     """One JSON file per key under `<root>/keys/`, key material sealed under `<root>/master.key`.
 
-    Only this process writes the directory, so parsed keys are cached until changed here.
+    Only this process writes the directory; `revision` counts this process's writes of a file.
     """
 
     kind = "fs"
+    blocking = False
+    """Reads are one small file, and cached: cheap enough to run on the event loop."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, cache_settings: CacheSettings | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.root = root
         self.keys_dir = root / KEYS_DIR
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._master = AESGCM(load_or_create_master_key(root / MASTER_KEY_FILE))
-        self._cache: dict[str, StoredKey] = {}
-        self._lock = threading.Lock()
-        self._generation = 0
-        """Bumped under the lock after every change to the key files."""
+        self._file_lock = threading.Lock()
+        super().__init__(cache_settings, clock)
 
     def _path(self, name: str) -> Path:
         return self.keys_dir / f"{name}.json"
 
-    def _encode(self, key: StoredKey) -> bytes:
+    def _seal_material(self, material: bytes, aad: bytes) -> str:
         nonce = os.urandom(12)
-        sealed = nonce + self._master.encrypt(nonce, key.material, _KEY_AAD_PREFIX + key.name.encode())
-        return json.dumps({
-            "format_version": FILE_FORMAT_VERSION,
-            "name": key.name,
-            "algorithm": key.algorithm,
-            "created_ns": key.created_ns,
-            "created_by": key.created_by,
-            "enabled": key.enabled,
-            "sealed_key": base64.b64encode(sealed).decode(),
-        }, indent=2).encode()
+        return base64.b64encode(nonce + self._master.encrypt(nonce, material, aad)).decode()
 
-    def _decode(self, name: str, raw: bytes) -> StoredKey:
-        doc = json.loads(raw)
-        if doc.get("name") != name:
-            raise errors.SealstoreError(f"key file for {name!r} names another key")
-        sealed = base64.b64decode(doc["sealed_key"])
+    def _open_material(self, name: str, sealed_b64: str, aad: bytes) -> bytes:
+        sealed = base64.b64decode(sealed_b64)
         try:
-            material = self._master.decrypt(sealed[:12], sealed[12:], _KEY_AAD_PREFIX + name.encode())
+            return self._master.decrypt(sealed[:12], sealed[12:], aad)
         except InvalidTag:
             raise errors.SealstoreError(
                 f"key file for {name!r} does not open under this kms's master key") from None
-        return StoredKey(name=name, material=material, created_ns=int(doc["created_ns"]),
+
+    def _encode(self, record: KeyRecord) -> bytes:
+        return json.dumps({
+            "format_version": FILE_FORMAT_VERSION,
+            "name": record.name,
+            "algorithm": record.algorithm,
+            "created_ns": record.created_ns,
+            "created_by": record.created_by,
+            "enabled": record.enabled,
+            "min_version": record.min_version,
+            "deletion_ns": record.deletion_ns,
+            "versions": [{"sealed_key": self._seal_material(material, _version_aad(record.name, i + 1))}
+                         for i, material in enumerate(record.versions)],
+        }, indent=2).encode()
+
+    def _decode(self, name: str, raw: bytes) -> KeyRecord:
+        doc = json.loads(raw)
+        if doc.get("name") != name:
+            raise errors.SealstoreError(f"key file for {name!r} names another key")
+        if "versions" in doc:
+            versions = tuple(self._open_material(name, v["sealed_key"], _version_aad(name, i + 1))
+                             for i, v in enumerate(doc["versions"]))
+        else:  # format 1: a single version
+            versions = (self._open_material(name, doc["sealed_key"], _V1_AAD_PREFIX + name.encode()),)
+        return KeyRecord(name=name, versions=versions, created_ns=int(doc["created_ns"]),
                          created_by=doc.get("created_by", ""), enabled=bool(doc.get("enabled", True)),
+                         min_version=int(doc.get("min_version", 1)), deletion_ns=int(doc.get("deletion_ns", 0)),
                          algorithm=doc.get("algorithm", ALGORITHM))
 
-    def create(self, key: StoredKey) -> None:
-        validate_key_name(key.name)
-        if len(key.material) != KEY_SIZE:
+    def _store_new(self, record: KeyRecord) -> KeyRecord:
+        if any(len(m) != KEY_SIZE for m in record.versions):
             raise ValueError(f"key material must be {KEY_SIZE} bytes")
-        with self._lock:
-            if self._path(key.name).exists():
-                raise errors.KMSKeyExists(f"key {key.name!r} already exists")
-            write_file_atomic(self._path(key.name), self._encode(key), mode=0o600)
-            self._generation += 1
-            self._cache[key.name] = key
+        with self._file_lock:
+            if self._path(record.name).exists():
+                raise errors.KMSKeyExists(f"key {record.name!r} already exists")
+            write_file_atomic(self._path(record.name), self._encode(record), mode=0o600)
+        return record
 
-    def get(self, name: str) -> StoredKey:
-        validate_key_name(name)
-        cached = self._cache.get(name)
-        if cached is not None:
-            return cached
-        # Not under the lock (a writer may be fsyncing); cache the result only if no write
-        # happened meanwhile, so a concurrent disable or delete cannot leave a stale entry.
-        generation = self._generation
+    def _load(self, name: str) -> KeyRecord:
         try:
             raw = self._path(name).read_bytes()
         except FileNotFoundError:
             raise errors.KMSNotFound(f"key {name!r} does not exist") from None
-        key = self._decode(name, raw)
-        with self._lock:
-            if generation == self._generation:
-                self._cache[name] = key
-        return key
+        return self._decode(name, raw)
 
-    def delete(self, name: str) -> None:
-        validate_key_name(name)
-        with self._lock:
-            self._cache.pop(name, None)
+    def _store_update(self, old: KeyRecord, new: KeyRecord) -> KeyRecord:
+        # LocalKeyBackend serialises this process's changes and it is the only writer.
+        with self._file_lock:
+            if not self._path(old.name).exists():
+                raise errors.KMSNotFound(f"key {old.name!r} does not exist")
+            write_file_atomic(self._path(old.name), self._encode(new), mode=0o600)
+        return replace(new, revision=old.revision + 1)
+
+    def _remove(self, name: str) -> None:
+        with self._file_lock:
             try:
                 self._path(name).unlink()
             except FileNotFoundError:
                 raise errors.KMSNotFound(f"key {name!r} does not exist") from None
-            self._generation += 1
             dir_fd = os.open(self.keys_dir, os.O_RDONLY)
             try:
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
 
-    def list(self) -> list[str]:
+    def _names(self) -> list[str]:
         # Dot-files are write_file_atomic's temporaries; key names never start with a dot.
         return sorted(p.name[:-len(".json")] for p in self.keys_dir.glob("*.json") if not p.name.startswith("."))
-
-    def set_enabled(self, name: str, enabled: bool) -> StoredKey:
-        key = self.get(name)
-        with self._lock:
-            if not self._path(name).exists():
-                raise errors.KMSNotFound(f"key {name!r} does not exist")
-            key = replace(key, enabled=enabled)
-            write_file_atomic(self._path(name), self._encode(key), mode=0o600)
-            self._generation += 1
-            self._cache[name] = key
-        return key

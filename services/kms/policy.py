@@ -21,7 +21,7 @@ from pathlib import Path
 from sealstore.config import write_file_atomic
 
 METHODS = ("CreateKey", "ImportKey", "DescribeKey", "ListKeys", "DeleteKey", "DisableKey", "EnableKey",
-           "GenerateKey", "Decrypt", "Status")
+           "CancelKeyDeletion", "RotateKey", "SetMinVersion", "ReWrap", "GenerateKey", "Decrypt", "Status")
 
 
 def resource(method: str, key_name: str = "") -> str:
@@ -79,18 +79,20 @@ def default_policy(identities: dict[str, str]) -> dict:
     (as `sealstore.tls.role_identities` returns them).
 
     The gateway manages keys but can never see a data key; the crypto worker only
-    generates and decrypts data keys.
+    generates and decrypts data keys. Both may ReWrap (it returns no plaintext), which the
+    object-side rewrap walker needs.
     """
     return {
         "admin": identities["admin"],
         "policies": {
             "gateway": {
                 "allow": [resource(m, "*") for m in ("CreateKey", "ImportKey", "DescribeKey", "ListKeys",
-                                                      "DeleteKey", "DisableKey", "EnableKey", "Status")],
+                                                      "DeleteKey", "DisableKey", "EnableKey", "CancelKeyDeletion",
+                                                      "RotateKey", "SetMinVersion", "ReWrap", "Status")],
                 "deny": [resource("GenerateKey", "*"), resource("Decrypt", "*")],
             },
             "crypto": {
-                "allow": [resource(m, "*") for m in ("GenerateKey", "Decrypt", "DescribeKey", "Status")],
+                "allow": [resource(m, "*") for m in ("GenerateKey", "Decrypt", "ReWrap", "DescribeKey", "Status")],
                 "deny": [],
             },
         },

@@ -1,29 +1,36 @@
 """Starts the kms: `python -m services.kms --listen 127.0.0.1:9101 --data-dir DIR [--policy FILE]`.
 
-State lives in `<data>/kms/`: master.key, keys/<name>.json and (by default) policy.json,
-which is written on first start from the cluster's certificates (see policy.default_policy).
+State lives in `<data>/kms/`: policy.json (written on first start from the cluster's
+certificates, see policy.default_policy) and, with the default fs keystore, master.key and
+keys/<name>.json. The keystore and cache come from the environment (settings.py):
+SEALSTORE_KMS_KEYSTORE=fs|openbao-kv|openbao-transit and SEALSTORE_OPENBAO_*.
+While serving, the kms checks the keystore's health and deletes keys whose scheduled
+deletion is due every SEALSTORE_KMS_MAINTENANCE_INTERVAL seconds (and once at start).
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
 from pathlib import Path
 
 import grpc
 
 from sealstore import config, rpc, tls
 from sealstore.v1 import kms_pb2_grpc
+from services.kms import audit as kms_audit, kes_api
 from services.kms.interceptor import AuthorizationInterceptor
-from services.kms.keystore import FileKeyStore
 from services.kms.metrics import MetricsInterceptor
 from services.kms.policy import ensure_policy_file
 from services.kms.service import KeyManager
 from services.kms.servicer import KeyServiceServicer
+from services.kms.settings import KmsSettings, open_backend
 
 log = logging.getLogger(__name__)
 
 ROLE = "kms"
+ENV_METRICS_PORT = "SEALSTORE_KMS_METRICS_PORT"
 SERVICE_NAME = "sealstore.v1.KeyService"
 
 
@@ -31,20 +38,51 @@ def kms_dir(data_dir: Path) -> Path:
     return data_dir / "kms"
 
 
-def build_kms_server(data_dir: Path, listen: str, policy_path: Path | None = None) -> grpc.aio.Server:
-    """The kms gRPC server over `<data>/kms`, not yet started."""
+def build_key_manager(data_dir: Path, settings: KmsSettings | None = None) -> KeyManager:
+    """The KeyManager over the configured backend (SEALSTORE_KMS_KEYSTORE...)."""
+    settings = settings or KmsSettings.from_env()
+    store = open_backend(settings, kms_dir(data_dir))  # first, so it creates <data>/kms with mode 0700
+    log.info("kms keystore %s%s", store.kind, f" at {settings.openbao.address}" if settings.openbao else "")
+    return KeyManager(store)
+
+
+def build_kms_server(data_dir: Path, listen: str, policy_path: Path | None = None,
+                     manager: KeyManager | None = None, audit: "kms_audit.AuditLog | None" = None) -> grpc.aio.Server:
+    """The kms gRPC server over `<data>/kms`, not yet started. `server.kms_manager` and
+    `server.kms_policy` are what the KES-compatible API shares with it."""
     certs = config.certs_dir(data_dir)
     policy_path = policy_path or kms_dir(data_dir) / "policy.json"
-    store = FileKeyStore(kms_dir(data_dir))  # first, so it creates <data>/kms with mode 0700
+    manager = manager or build_key_manager(data_dir)
     policy = ensure_policy_file(policy_path, tls.role_identities(certs))
-    manager = KeyManager(store)
-    log.info("kms keystore %s holds %d keys; policy %s (%d identities besides admin)",
-             store.root, len(store.list()), policy_path, len(policy.identities))
-    return rpc.build_server(
+    log.info("kms policy %s (%d identities besides admin)", policy_path, len(policy.identities))
+    interceptors = [MetricsInterceptor()]
+    if audit is not None:
+        interceptors.append(kms_audit.AuditInterceptor(audit))  # outside authorisation: refusals are audited
+    interceptors.append(AuthorizationInterceptor(policy))
+    server = rpc.build_server(
         certs=certs, role=ROLE, listen=listen,
         services=[(kms_pb2_grpc.add_KeyServiceServicer_to_server, KeyServiceServicer(manager), SERVICE_NAME)],
-        interceptors=[MetricsInterceptor(), AuthorizationInterceptor(policy)],
+        interceptors=interceptors,
     )
+    server.kms_manager = manager  # type: ignore[attr-defined]
+    server.kms_policy = policy  # type: ignore[attr-defined]
+    return server
+
+
+async def maintenance_round(manager: KeyManager) -> None:
+    """Checks the backend's health and, if it answers, deletes keys whose deletion is due."""
+    try:
+        if await asyncio.to_thread(manager.check_backend):
+            await asyncio.to_thread(manager.purge_due_deletions)
+    except Exception:  # keep maintaining: one failed round must not stop the next
+        log.exception("kms maintenance round failed")
+
+
+async def maintain(manager: KeyManager, interval: float) -> None:
+    """Forever: wait, then one maintenance round."""
+    while True:
+        await asyncio.sleep(interval)
+        await maintenance_round(manager)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,8 +91,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-dir", type=Path, default=None,
                         help=f"cluster data folder (default ${config.ENV_DATA_DIR} or ./data)")
     parser.add_argument("--policy", type=Path, default=None, help="policy file (default <data>/kms/policy.json)")
-    parser.add_argument("--metrics-port", type=int, default=0,
-                        help="serve Prometheus metrics over HTTP on this port (default: off)")
+    parser.add_argument("--metrics-port", type=int, default=int(os.environ.get(ENV_METRICS_PORT) or 0),
+                        help=f"serve Prometheus metrics over HTTP on this port (default ${ENV_METRICS_PORT} or off)")
+    parser.add_argument("--audit-file", default=None,
+                        help="audit log: a file (default <data>/kms/audit.log), - for stdout, off for none")
+    parser.add_argument("--kes-listen", default="", help="host:port to serve the KES-compatible HTTPS API on (default: off)")
     return parser.parse_args(argv)
 
 
@@ -66,9 +107,21 @@ def main(argv: list[str] | None = None) -> None:
         from prometheus_client import start_http_server
         start_http_server(args.metrics_port, addr="127.0.0.1")
 
+    settings = KmsSettings.from_env()
+
     async def serve() -> None:
-        server = build_kms_server(data_dir, args.listen, args.policy)
+        manager = build_key_manager(data_dir, settings)  # first: it makes <data>/kms with mode 0700
+        audit = kms_audit.open_audit_log(args.audit_file, kms_dir(data_dir))
+        server = build_kms_server(data_dir, args.listen, args.policy, manager, audit=audit)
+        await maintenance_round(manager)  # due deletions are carried out before serving
+        upkeep = asyncio.create_task(maintain(manager, settings.maintenance_seconds))
         log.info("kms listening on %s", args.listen)
-        await rpc.run_server(server)
+        kes = (await kes_api.start_kes_api(server.kms_manager, server.kms_policy, audit, config.certs_dir(data_dir),
+                                           args.kes_listen) if args.kes_listen else None)
+        try:
+            await rpc.run_server(server, on_stop=kes.cleanup if kes else None)
+        finally:
+            upkeep.cancel()
+            manager.store.close()
 
     asyncio.run(serve())

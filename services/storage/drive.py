@@ -2,11 +2,14 @@
 
 Layout under the drive root:
 
+    .sealstore/format.json                      which deployment and set slot this drive belongs to
     tmp/<upload_id>.shard                       shard of an upload in progress (removed on start)
     buckets/<bucket>/bucket.json                BucketInfo, protobuf JSON
     buckets/<bucket>/objects/<h[:2]>/<h>/       one folder per object key, h = sha256(key) hex,
         meta.json                               ObjectMeta (protobuf JSON, self-describing)
-        <data_id>.shard                         the shard of the version meta.json names
+        <data_id>.shard                         the shard of the version meta.json names (none when
+                                                the object is small: then the shard is inline,
+                                                inside meta.json, and a PUT is one write per drive)
 
 Hashing the key gives every S3 key (up to 1024 bytes, any characters) a short, safe path;
 the real key is inside meta.json.
@@ -27,8 +30,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import json
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf import json_format
@@ -37,7 +42,8 @@ from sealstore import errors
 from sealstore.config import write_file_atomic
 from sealstore.v1 import storage_pb2, types_pb2
 
-from services.storage.shardfile import ShardReader, ShardWriter
+from services.storage.shardfile import (InlineShardReader, ShardReader, ShardWriter, frame_blocks, verify_inline,
+                                        verify_shard)
 
 log = logging.getLogger(__name__)
 
@@ -102,16 +108,74 @@ def _entry_of(meta: types_pb2.ObjectMeta) -> storage_pb2.ObjectEntry:
                                    mtime_ns=meta.mtime_ns, data_id=meta.data_id)
 
 
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DriveIdentity:
+    """Where a drive belongs: written into its format file, checked at every start."""
+
+    deployment_id: str
+    set_index: int
+    drive_index: int
+
+    def to_json(self) -> bytes:
+        return json.dumps({"format_version": FORMAT_VERSION, "deployment_id": self.deployment_id,
+                           "set_index": self.set_index, "drive_index": self.drive_index}, indent=2).encode()
+
+
 class Drive:
     """A drive folder; see the module docstring for its layout and commit protocol."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, identity: DriveIdentity | None = None):
         self.root = Path(root)
+        self.identity = identity
         self.tmp = self.root / "tmp"
         self.buckets = self.root / "buckets"
-        self.tmp.mkdir(parents=True, exist_ok=True)
-        self.buckets.mkdir(parents=True, exist_ok=True)
+        self.format_file = self.root / ".sealstore" / "format.json"
+        self.state, self.refusal = "online", ""
+        self._check_format()
+        if self.refusal:
+            log.error("drive %s refused: %s", self.root, self.refusal)
+            return
+        self.ensure_layout()
         self._clean_tmp()
+
+    def _check_format(self) -> None:
+        """Refuses a drive whose format file names another deployment or slot (never writes to it)."""
+        if self.identity is None or not self.format_file.exists():
+            return
+        try:
+            found = json.loads(self.format_file.read_text())
+            deployment, set_index, drive_index = found["deployment_id"], found["set_index"], found["drive_index"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            self.state, self.refusal = "foreign", f"unreadable format file {self.format_file}: {exc}"
+            return
+        if deployment != self.identity.deployment_id:
+            self.state = "foreign"
+            self.refusal = (f"{self.root} belongs to deployment {deployment}, not to this one "
+                            f"({self.identity.deployment_id}); it is not used and nothing is written to it")
+        elif (set_index, drive_index) != (self.identity.set_index, self.identity.drive_index):
+            self.state = "misplaced"
+            self.refusal = (f"{self.root} is drive {drive_index} of set {set_index}, but is mounted as drive "
+                            f"{self.identity.drive_index} of set {self.identity.set_index}; "
+                            f"put it back in its slot (it is not used meanwhile)")
+
+    def ensure_layout(self) -> None:
+        """Creates the drive's folders and format file if they are missing (new or emptied drive)."""
+        if self.refusal:
+            raise errors.ServiceUnavailable(f"drive refused: {self.refusal}")
+        if self.buckets.is_dir() and self.tmp.is_dir() and (self.identity is None or self.format_file.exists()):
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir(exist_ok=True)
+        self.buckets.mkdir(exist_ok=True)
+        if self.identity is not None and not self.format_file.exists():
+            self.format_file.parent.mkdir(exist_ok=True)
+            write_file_atomic(self.format_file, self.identity.to_json(), mode=0o644)
+            log.info("drive %s formatted as drive %d of set %d", self.root, self.identity.drive_index,
+                     self.identity.set_index)
+        _fsync_dir(self.root)
 
     def _clean_tmp(self) -> None:
         # Uploads whose stream or commit was interrupted by a restart can never be committed.
@@ -140,6 +204,7 @@ class Drive:
         return (self._bucket_dir(bucket) / "bucket.json").exists()
 
     def make_bucket(self, bucket: str, created_ns: int) -> types_pb2.BucketInfo:
+        self.ensure_layout()
         path = self._bucket_dir(bucket)
         if (path / "bucket.json").exists():
             raise errors.BucketAlreadyOwnedByYou(resource=bucket)
@@ -155,6 +220,8 @@ class Drive:
 
     def list_buckets(self) -> list[types_pb2.BucketInfo]:
         infos = []
+        if not self.buckets.is_dir():  # emptied while running: no buckets until healed
+            return infos
         for path in sorted(self.buckets.iterdir()):
             if (path / "bucket.json").exists():
                 infos.append(self.get_bucket(path.name))
@@ -215,6 +282,7 @@ class Drive:
     def open_upload(self, upload_id: str, bucket: str) -> ShardWriter:
         """A writer for the temporary shard of `upload_id`; the bucket must exist."""
         self._existing_bucket_dir(bucket)
+        self.ensure_layout()
         path = self._tmp_shard(upload_id)
         try:
             return ShardWriter(path)
@@ -227,23 +295,91 @@ class Drive:
         except FileNotFoundError:
             pass
 
-    def commit_object(self, upload_id: str, meta: types_pb2.ObjectMeta) -> None:
-        """Makes the uploaded shard and `meta` the current version of meta.key (see module doc)."""
-        if meta.data_id != upload_id:
+    def commit_object(self, upload_id: str, meta: types_pb2.ObjectMeta, *, conditional: bool = False,
+                      expect_data_id: str = "", inline_block: bytes | None = None) -> None:
+        """Makes the uploaded shard and `meta` the current version of meta.key (see module doc).
+
+        `conditional` (healing): only if the current version's data_id is `expect_data_id` ("" =
+        no copy), else PreconditionFailed; the upload id may then differ from meta.data_id.
+        `meta.inline`: the shard is `inline_block` (no uploaded shard), kept inside meta.json."""
+        if meta.data_id != upload_id and not conditional:
             raise errors.InvalidArgument(f"meta.data_id {meta.data_id!r} differs from upload id {upload_id!r}")
+        validate_upload_id(meta.data_id)
         tmp = self._tmp_shard(upload_id)
         obj_dir = self._object_dir(meta.bucket, meta.key)
-        if not tmp.exists():
-            raise errors.InvalidRequest(f"upload {upload_id} has no shard on this drive")
+        stored = types_pb2.ObjectMeta()
+        stored.CopyFrom(meta)
+        if meta.inline:
+            # Never trust a caller's framing: frame (and checksum) the block here.
+            stored.inline_shard = frame_blocks([inline_block] if inline_block else [])
+            if meta.erasure.stripe_count != (1 if inline_block else 0):
+                raise errors.InvalidArgument(f"an inline object has {meta.erasure.stripe_count} stripes, "
+                                             f"and {'one' if inline_block else 'no'} block was sent")
+        else:
+            stored.ClearField("inline_shard")
+            if not tmp.exists():
+                raise errors.InvalidRequest(f"upload {upload_id} has no shard on this drive")
         previous = self._read_meta(obj_dir)
+        if conditional and (previous.data_id if previous is not None else "") != expect_data_id:
+            self.abort_upload(upload_id)
+            raise errors.PreconditionFailed(
+                f"{meta.bucket}/{meta.key} changed on this drive while it was healed "
+                f"(now {previous.data_id if previous is not None else 'absent'}, expected {expect_data_id or 'absent'})")
         _mkdirs_durable(obj_dir, self.buckets)
-        os.replace(tmp, obj_dir / f"{upload_id}.shard")
+        if not meta.inline:
+            os.replace(tmp, obj_dir / f"{meta.data_id}.shard")
         # write_file_atomic fsyncs obj_dir after its rename, which also makes the shard rename durable.
-        write_file_atomic(obj_dir / "meta.json", _to_json(meta), mode=0o644)
-        _fsync_dir(self.tmp)
-        if previous is not None and previous.data_id != upload_id:
+        write_file_atomic(obj_dir / "meta.json", _to_json(stored), mode=0o644)
+        if not meta.inline:
+            _fsync_dir(self.tmp)
+        if previous is not None and (previous.data_id != meta.data_id or meta.inline):
             self._remove_shard(obj_dir, previous.data_id)
             _fsync_dir(obj_dir)
+
+    def check_shard(self, bucket: str, key: str, deep: bool = False) -> storage_pb2.CheckShardResponse:
+        """This drive's copy of one object, for healing; removes orphan shard files of the key.
+
+        Drive calls never interleave (module doc), so a shard file that meta.json does not name
+        is never one a commit in progress is about to name."""
+        State = storage_pb2.CheckShardResponse
+        if not self.has_bucket(bucket):
+            return State(state=State.NO_META, detail=f"bucket {bucket} missing")
+        obj_dir = self._object_dir(bucket, key)
+        try:
+            meta = self._read_meta(obj_dir)
+        except Exception as exc:  # unparsable meta.json: as good as missing, healing rewrites it
+            meta, detail = None, f"unreadable meta.json: {exc}"
+        else:
+            detail = ""
+        orphans = 0
+        if obj_dir.is_dir():
+            for leftover in obj_dir.glob("*.shard"):
+                if meta is None or meta.inline or leftover.name != f"{meta.data_id}.shard":
+                    leftover.unlink(missing_ok=True)
+                    orphans += 1
+            if orphans:
+                _fsync_dir(obj_dir)
+        if meta is None:
+            return State(state=State.NO_META, orphans_removed=orphans, detail=detail or "no metadata")
+        if meta.inline:
+            problem = verify_inline(meta.inline_shard, meta.erasure.stripe_count)
+            meta.ClearField("inline_shard")
+            return State(state=State.SHARD_CORRUPT if problem else State.OK, meta=meta, orphans_removed=orphans,
+                         detail=problem)
+        path = obj_dir / f"{meta.data_id}.shard"
+        if not path.exists():
+            return State(state=State.SHARD_MISSING, meta=meta, orphans_removed=orphans, detail="shard file missing")
+        problem = verify_shard(path, meta.erasure.stripe_count, deep)
+        if problem:
+            return State(state=State.SHARD_CORRUPT, meta=meta, orphans_removed=orphans, detail=problem)
+        return State(state=State.OK, meta=meta, orphans_removed=orphans)
+
+    def verify_current_shard(self, meta: types_pb2.ObjectMeta) -> str:
+        """Deep check of the shard of version `meta` ("" = every block passes its checksum)."""
+        if meta.inline:
+            return ""  # check_shard verified every checksum of the inline shard already
+        path = self._object_dir(meta.bucket, meta.key) / f"{meta.data_id}.shard"
+        return verify_shard(path, meta.erasure.stripe_count, deep=True)
 
     @staticmethod
     def _remove_shard(obj_dir: Path, data_id: str) -> None:
@@ -256,6 +392,7 @@ class Drive:
         meta = self._read_meta(self._object_dir(bucket, key))
         if meta is None:
             raise errors.NoSuchKey(resource=key)
+        meta.ClearField("inline_shard")  # the drive's own shard bytes stay on the drive
         return meta
 
     def open_shard(self, bucket: str, key: str, data_id: str) -> ShardReader:
@@ -266,6 +403,8 @@ class Drive:
             raise errors.NoSuchKey(resource=key)
         if data_id and meta.data_id != data_id:
             raise errors.NoSuchKey(f"version {data_id} of {key!r} is no longer stored here", resource=key)
+        if meta.inline:
+            return InlineShardReader(meta.inline_shard, meta.erasure.stripe_count, f"{meta.data_id} (inline)")
         try:
             return ShardReader(obj_dir / f"{meta.data_id}.shard", meta.erasure.stripe_count)
         except FileNotFoundError:
@@ -313,4 +452,6 @@ class Drive:
         return entries[:max_keys], len(entries) > max_keys
 
     def count_objects(self) -> int:
+        if self.refusal or not self.buckets.is_dir():
+            return 0
         return sum(1 for b in self.buckets.iterdir() for _ in self._meta_files(b / "objects"))

@@ -10,20 +10,35 @@ from pathlib import Path
 from sealstore import errors
 from sealstore.v1 import types_pb2
 
-from services.storage.drive import Drive, validate_bucket_name
+from services.storage.drive import Drive, DriveIdentity, validate_bucket_name
 
 
 class Node:
-    def __init__(self, node_id: str, drive_paths: list[Path]):
+    """`identities[i]` (optional) is where drive i belongs; see drive.py on format files.
+
+    A refused drive (foreign, misplaced) stays in the list, so drive indexes keep their
+    meaning, but every call on it fails and bucket operations skip it."""
+
+    def __init__(self, node_id: str, drive_paths: list[Path], identities: list[DriveIdentity] | None = None):
         if not drive_paths:
             raise ValueError("a storage node needs at least one drive")
+        if identities is not None and len(identities) != len(drive_paths):
+            raise ValueError(f"{len(drive_paths)} drives but {len(identities)} set slots")
         self.node_id = node_id
-        self.drives = [Drive(p) for p in drive_paths]
+        self.all_drives = [Drive(p, identities[i] if identities else None) for i, p in enumerate(drive_paths)]
+
+    @property
+    def drives(self) -> list[Drive]:
+        """The drives in use (not refused)."""
+        return [d for d in self.all_drives if not d.refusal]
 
     def drive(self, index: int) -> Drive:
-        if not 0 <= index < len(self.drives):
-            raise errors.InvalidArgument(f"node {self.node_id} has no drive {index} (it has {len(self.drives)})")
-        return self.drives[index]
+        if not 0 <= index < len(self.all_drives):
+            raise errors.InvalidArgument(f"node {self.node_id} has no drive {index} (it has {len(self.all_drives)})")
+        d = self.all_drives[index]
+        if d.refusal:
+            raise errors.ServiceUnavailable(f"node {self.node_id} drive {index} refused: {d.refusal}")
+        return d
 
     def make_bucket(self, bucket: str, created_ns: int) -> types_pb2.BucketInfo:
         # Drives that missed an earlier make (e.g. added later) get the bucket now; the call

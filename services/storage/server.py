@@ -15,6 +15,7 @@ from sealstore import config
 from sealstore.rpc import build_server, configure_logging, run_server
 from sealstore.v1 import storage_pb2_grpc
 
+from services.storage.drive import DriveIdentity
 from services.storage.node import Node
 from services.storage.servicer import StorageServicer
 
@@ -29,12 +30,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--drives", required=True,
                    help="comma-separated drive folders; drive i of a request is the i-th folder")
     p.add_argument("--node-id", default="", help="name reported by NodeStatus (default: the listen address)")
-    return p.parse_args(argv)
+    p.add_argument("--deployment-id", default="",
+                   help="the cluster's deployment id; with it every drive gets a format file, and a drive "
+                        "of another deployment or slot is refused")
+    p.add_argument("--set-slots", default="",
+                   help="comma-separated member index in the erasure set of each drive (with --deployment-id)")
+    p.add_argument("--set-index", type=int, default=0, help="index of the erasure set the drives belong to")
+    args = p.parse_args(argv)
+    if args.deployment_id and len(args.set_slots.split(",")) != len(args.drives.split(",")):
+        p.error("--set-slots needs one member index per drive")
+    return args
 
 
 def build(args: argparse.Namespace):
     drives = [Path(d.strip()).resolve() for d in args.drives.split(",") if d.strip()]
-    node = Node(args.node_id or args.listen, drives)
+    identities = None
+    if args.deployment_id:
+        identities = [DriveIdentity(args.deployment_id, args.set_index, int(slot))
+                      for slot in args.set_slots.split(",")]
+    node = Node(args.node_id or args.listen, drives, identities)
     server = build_server(
         certs=config.certs_dir(args.data_dir.resolve()), role=ROLE, listen=args.listen,
         services=[(storage_pb2_grpc.add_StorageServiceServicer_to_server, StorageServicer(node),
@@ -46,6 +60,9 @@ async def serve(args: argparse.Namespace) -> None:
     node, server = build(args)
     log.info("storage node %s listening on %s with drives %s", node.node_id, args.listen,
              ", ".join(str(d.root) for d in node.drives))
+    for d in node.all_drives:
+        if d.refusal:
+            log.error("drive %s is %s and will not be used: %s", d.root, d.state, d.refusal)
     await run_server(server)
 
 

@@ -67,7 +67,10 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
             raise
 
     async def CommitObject(self, request, context):
-        self.node.drive(request.drive).commit_object(request.upload_id, request.meta)
+        self.node.drive(request.drive).commit_object(request.upload_id, request.meta,
+                                                     conditional=request.conditional,
+                                                     expect_data_id=request.expect_data_id,
+                                                     inline_block=request.inline_block)
         return types_pb2.Empty()
 
     async def AbortUpload(self, request, context):
@@ -101,7 +104,22 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
             request.bucket, request.prefix, request.start_after, request.max_keys)
         return storage_pb2.ListObjectsResponse(entries=entries, truncated=truncated)
 
+    async def CheckShard(self, request, context):
+        drive = self.node.drive(request.drive)
+        # Metadata read and orphan removal run on the loop, never beside a commit (drive.py).
+        result = drive.check_shard(request.bucket, request.key, deep=False)
+        if request.deep and result.state == storage_pb2.CheckShardResponse.OK:
+            # Reading every block of a big shard would stall the loop: verify in a thread.
+            problem = await asyncio.to_thread(drive.verify_current_shard, result.meta)
+            if problem:
+                result.state, result.detail = storage_pb2.CheckShardResponse.SHARD_CORRUPT, problem
+        return result
+
     async def NodeStatus(self, request, context):
         return storage_pb2.NodeStatusResponse(
-            node_id=self.node.node_id, drives=[str(d.root) for d in self.node.drives],
-            objects=self.node.count_objects())
+            node_id=self.node.node_id, drives=[str(d.root) for d in self.node.all_drives],
+            objects=self.node.count_objects(),
+            drive_states=[storage_pb2.DriveState(
+                path=str(d.root), state=d.state, detail=d.refusal,
+                slot=d.identity.drive_index if d.identity else -1,
+                deployment_id=d.identity.deployment_id if d.identity else "") for d in self.node.all_drives])

@@ -122,8 +122,11 @@ class ShardReader:
     def _tampered(self, index: int, why: str) -> errors.SealstoreError:
         return errors.ObjectTampered(f"shard {self.path.name} block {index}: {why}")
 
+    def _pread(self, size: int, offset: int) -> bytes:
+        return os.pread(self._fd, size, offset)
+
     def _header(self, offset: int, index: int) -> tuple[int, bytes]:
-        raw = os.pread(self._fd, HEADER_SIZE, offset)
+        raw = self._pread(HEADER_SIZE, offset)
         if len(raw) != HEADER_SIZE:
             raise self._tampered(index, "truncated header")
         return _HEADER.unpack(raw)
@@ -143,7 +146,7 @@ class ShardReader:
         last = index == self.block_count - 1
         if length > first_len or (not last and length != first_len):
             raise self._tampered(index, f"length {length} does not fit the layout")
-        block = os.pread(self._fd, length, offset + HEADER_SIZE)
+        block = self._pread(length, offset + HEADER_SIZE)
         if len(block) != length:
             raise self._tampered(index, "truncated block")
         if _digest(block) != digest:
@@ -157,3 +160,75 @@ class ShardReader:
                 f"blocks [{first}, {first + count}) are beyond the {self.block_count} blocks of {self.path.name}")
         for index in range(first, first + count):
             yield index, self.read_block(index)
+
+
+def frame_blocks(blocks: list[bytes]) -> bytes:
+    """Blocks framed exactly as ShardWriter writes them (for shards kept inside the metadata)."""
+    return b"".join(_HEADER.pack(len(b), _digest(b)) + bytes(b) for b in blocks)
+
+
+class InlineShardReader(ShardReader):
+    """A ShardReader over a shard kept in memory (inline in the object's metadata)."""
+
+    def __init__(self, framed: bytes, block_count: int, name: str = "inline shard"):
+        self.path = Path(name)
+        self.block_count = block_count
+        self._data = bytes(framed)
+        self._fd = None
+        self._frame_size = None
+
+    def _pread(self, size: int, offset: int) -> bytes:
+        return self._data[offset:offset + size]
+
+    def close(self) -> None:
+        pass
+
+    def size(self) -> int:
+        return len(self._data)
+
+
+def verify_inline(framed: bytes, block_count: int) -> str:
+    """"" if an inline shard is sound (every checksum: it is small), else what is wrong."""
+    reader = InlineShardReader(framed, block_count)
+    try:
+        if block_count == 0:
+            return "" if not framed else "data in a shard of no blocks"
+        for _ in reader.read_blocks(0, block_count):
+            pass
+        frame = reader._frame_size_of_first()
+        length, _ = reader._header((block_count - 1) * frame, block_count - 1)
+        return "" if len(framed) == (block_count - 1) * frame + HEADER_SIZE + length else "trailing bytes"
+    except errors.SealstoreError as err:
+        return err.message
+
+
+def verify_shard(path: Path, block_count: int, deep: bool) -> str:
+    """"" if the shard file at `path` is sound, else what is wrong with it.
+
+    Quick: the file size fits `block_count` frames (first and last headers read). Deep: every
+    block is read and checked against its checksum as well.
+    """
+    try:
+        with ShardReader(path, block_count) as reader:
+            if block_count == 0:
+                return "" if os.path.getsize(path) == 0 else "data in a shard of no blocks"
+            if deep:
+                for _ in reader.read_blocks(0, block_count):
+                    pass
+                return "" if os.path.getsize(path) == _expected_size(reader, block_count) else "trailing bytes"
+            frame = reader._frame_size_of_first()
+            last_offset = (block_count - 1) * frame
+            length, _ = reader._header(last_offset, block_count - 1)
+            if length > frame - HEADER_SIZE or os.path.getsize(path) != last_offset + HEADER_SIZE + length:
+                return "file size does not fit its blocks"
+            return ""
+    except errors.SealstoreError as err:
+        return err.message
+    except FileNotFoundError:
+        return "shard file missing"
+
+
+def _expected_size(reader: ShardReader, block_count: int) -> int:
+    frame = reader._frame_size_of_first()
+    length, _ = reader._header((block_count - 1) * frame, block_count - 1)
+    return (block_count - 1) * frame + HEADER_SIZE + length

@@ -58,6 +58,47 @@ class RunningCluster:
     env: dict
     process: subprocess.Popen
     output: Path
+    # Services the tests restarted themselves (the launcher only knows its own children).
+    restarted: dict = None
+
+    def service(self, name: str) -> dict:
+        return next(s for s in self.cluster_json()["services"] if s["name"] == name)
+
+    def kill(self, name: str) -> None:
+        """kill -9 one service (by its name in cluster.json; needs SEALSTORE_KEEP_GOING=1)."""
+        proc = (self.restarted or {}).get(name)
+        pid = proc.pid if proc is not None else self.service(name)["pid"]
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if proc is not None:
+            proc.wait()
+        else:
+            _wait_gone(pid)
+
+    def restart(self, name: str) -> None:
+        """Starts the service again with its recorded command line; waits until it listens."""
+        from sealstore.launcher import service_env
+        svc = self.service(name)
+        log = open(self.data / "logs" / f"{name}.log", "ab")
+        proc = subprocess.Popen(svc["argv"], env={**service_env(self.data), **{k: v for k, v in self.env.items()
+                                                                               if k.startswith("SEALSTORE_")}},
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
+                                start_new_session=True)
+        log.close()
+        self.restarted = {**(self.restarted or {}), name: proc}
+        host, port = svc["address"].rsplit(":", 1)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited on restart: {(self.data / 'logs' / f'{name}.log').read_text()[-2000:]}")
+            try:
+                socket.create_connection((host, int(port)), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"{name} did not listen again")
 
     def cli(self, *args: str, check: bool = True, input: bytes | None = None) -> subprocess.CompletedProcess:
         result = subprocess.run([SEALSTORE, *args], env=self.env, capture_output=True, input=input, timeout=120)
@@ -115,7 +156,25 @@ def start_cluster(tmp: Path, extra_env: dict | None = None, storage_nodes: int =
                           env, process, output)
 
 
+def _wait_gone(pid: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+
+
 def stop_cluster(cluster: RunningCluster) -> int:
+    for proc in (cluster.restarted or {}).values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
     cluster.process.send_signal(signal.SIGINT)
     try:
         return cluster.process.wait(timeout=30)

@@ -161,7 +161,8 @@ def _files_under(paths) -> list:
 
 def test_drives_hold_ciphertext_not_plaintext(setup):
     stub = setup.worker()
-    marker = b"SEALSTORE-PLAINTEXT-MARKER-0123456789" * 4000
+    # Big enough (296 KB, 148 KiB per data shard) to be stored in shard files, not inline.
+    marker = b"SEALSTORE-PLAINTEXT-MARKER-0123456789" * 8000
     put(stub, "plain", "visible", marker, sse=None)
     put(stub, "bkt", "hidden", marker)
     shards = {p: p.read_bytes() for p in _files_under(setup.drives()) if p.suffix == ".shard"}

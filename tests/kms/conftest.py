@@ -60,25 +60,54 @@ def _wait_serving(certs: Path, address: str, proc: subprocess.Popen, timeout: fl
     raise TimeoutError(f"kms on {address} did not become SERVING")
 
 
-@pytest.fixture(scope="module")
-def kms(tmp_path_factory) -> KmsProcess:
-    data_dir = tmp_path_factory.mktemp("kms-data")
+def start_kms(data_dir: Path, log_dir: Path, extra_env: dict[str, str] | None = None,
+              extra_args: list[str] | None = None) -> KmsProcess:
+    """A kms process over `data_dir` (dev PKI made if missing), environment without SEALSTORE_*
+    except `extra_env`. Stop it with `stop_kms`."""
     certs = data_dir / "certs"
     ensure_dev_pki(certs)
     address = f"127.0.0.1:{free_port()}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEALSTORE_")}
-    log_path = tmp_path_factory.mktemp("kms-log") / "kms.log"
-    with open(log_path, "wb") as log_file:
+    env.update(extra_env or {})
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / "kms.log"
+    with open(log_path, "ab") as log_file:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "services.kms", "--listen", address, "--data-dir", str(data_dir)],
+            [sys.executable, "-m", "services.kms", "--listen", address, "--data-dir", str(data_dir),
+             *(extra_args or [])],
             cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT)
     try:
         _wait_serving(certs, address, proc)
-        yield KmsProcess(data_dir, certs, address, proc, log_path)
+    except BaseException:
+        stop_kms(proc)
+        raise
+    return KmsProcess(data_dir, certs, address, proc, log_path)
+
+
+def stop_kms(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def kms(tmp_path_factory) -> KmsProcess:
+    running = start_kms(tmp_path_factory.mktemp("kms-data"), tmp_path_factory.mktemp("kms-log"))
+    try:
+        yield running
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_kms(running.process)
+
+
+@pytest.fixture(scope="session")
+def openbao_dev(tmp_path_factory):
+    """A real `bao server -dev` (in memory) with transit and KV v2 mounted, for the whole session."""
+    from tests.kms.openbao_harness import start_dev
+    server = start_dev(tmp_path_factory.mktemp("openbao-dev"))
+    try:
+        yield server
+    finally:
+        server.stop()

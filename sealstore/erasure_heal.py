@@ -1,0 +1,326 @@
+"""Healing one erasure set: finds members whose copy of an object is missing, stale or corrupt
+and rebuilds it from the others. Works on stored (ciphertext) shards only: no kms, no keys,
+so the `sealstore admin heal` command and the crypto worker (heal on read) share it.
+
+For one object (`heal_object`):
+1. every member reports its copy (CheckShard: metadata, shard present, and with `deep` every
+   block checksum); it also removes shard files no metadata names (crash leftovers);
+2. the version a read quorum of members holds is the truth (its metadata content being what
+   most of its copies say); no such version means the
+   object is either unrecoverable (some members are offline: wait) or dangling (the leftover
+   of a PUT that never reached quorum, every member answered, older than DANGLING_GRACE_S:
+   its copies are removed);
+3. members without that version (no copy, an older one, a missing or corrupt shard, or named
+   by the caller as having failed a read) are targets: the stripes are read from k good
+   members, decoded, re-encoded, and fragment i is streamed to target i as a new temporary
+   shard, then committed *conditionally*: only if the target still holds what it held when it
+   was checked, so a concurrent PUT or DELETE always wins over a heal.
+
+Prometheus counters (in the process that heals): sealstore_heal_objects_total{result} and
+sealstore_heal_shards_total{result}.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from prometheus_client import Counter
+
+from sealstore import errors
+from sealstore.erasure_set import ErasureSetClient, comparable_meta
+from sealstore.v1 import storage_pb2, types_pb2
+
+log = logging.getLogger(__name__)
+
+DANGLING_GRACE_S = 30.0
+"""A copy newer than the quorum version, or a version without quorum, younger than this may be
+a PUT whose commit is still on its way to the other members: it is left alone."""
+QUEUE_DEPTH = 4
+
+HEAL_OBJECTS = Counter("sealstore_heal_objects_total", "Objects examined by healing, by result",
+                       ["result"])
+"""result: healthy, healed, partial (some copies could not be rebuilt), unrecoverable, dangling_removed."""
+HEAL_SHARDS = Counter("sealstore_heal_shards_total", "Member copies (shard + metadata) healing "
+                      "rebuilt or failed to rebuild", ["result"])
+"""result: rebuilt, failed."""
+
+State = storage_pb2.CheckShardResponse
+
+
+@dataclass
+class HealReport:
+    buckets_healed: int = 0
+    objects_scanned: int = 0
+    objects_healed: int = 0
+    shards_rebuilt: int = 0
+    shards_failed: int = 0
+    unrecoverable: int = 0
+    dangling_removed: int = 0
+    orphans_removed: int = 0
+    skipped: int = 0
+    details: list[str] = field(default_factory=list)
+
+    def add(self, other: "HealReport") -> None:
+        for name in ("buckets_healed", "objects_scanned", "objects_healed", "shards_rebuilt", "shards_failed",
+                     "unrecoverable", "dangling_removed", "orphans_removed", "skipped"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.details.extend(other.details)
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "details"}
+
+
+def _now_ns() -> int:
+    return time.time_ns()
+
+
+async def heal_object(store: ErasureSetClient, bucket: str, key: str, *, deep: bool = True,
+                      suspects: frozenset[int] = frozenset(), dry_run: bool = False,
+                      grace_s: float = DANGLING_GRACE_S) -> HealReport:
+    """Heals one object (see the module doc); `suspects` are members a read found bad."""
+    from services.crypto.erasure import StripeCoder  # pure coding module; imported late for the CLI's start-up
+
+    report = HealReport(objects_scanned=1)
+    checks = await store.check_shards(bucket, key, deep)
+    answered = {i: c for i, c in enumerate(checks) if not isinstance(c, BaseException)}
+    report.orphans_removed = sum(c.orphans_removed for c in answered.values())
+    metas = [c.meta if i in answered and answered[i].state != State.NO_META else None
+             for i, c in enumerate(checks)]
+    version = store.quorum_version(metas)
+    if version is None:
+        return await _no_quorum(store, bucket, key, answered, metas, report, dry_run, grace_s)
+
+    targets: dict[int, str] = {}  # member -> data_id it holds now ("" = none), the heal's precondition
+    for i, check in answered.items():
+        held = check.meta.data_id if check.state != State.NO_META else ""
+        if held == version.data_id:
+            if (check.state in (State.SHARD_MISSING, State.SHARD_CORRUPT) or i in suspects
+                    or comparable_meta(check.meta) != comparable_meta(version)):
+                targets[i] = held
+        elif not held or check.meta.mtime_ns < version.mtime_ns:
+            targets[i] = held
+        elif _now_ns() - check.meta.mtime_ns > grace_s * 1e9:
+            targets[i] = held  # a newer copy that never reached quorum, long ago: a leftover
+        else:
+            report.skipped += 1
+    if not targets:
+        HEAL_OBJECTS.labels("healthy").inc()
+        return report
+    what = ", ".join(f"member {i} ({_why(answered[i], version, i in suspects)})" for i in sorted(targets))
+    report.details.append(f"{bucket}/{key}: {'would rebuild' if dry_run else 'rebuilding'} {what}")
+    if dry_run:
+        report.shards_rebuilt = len(targets)
+        return report
+    layout = version.erasure
+    coder = StripeCoder(layout.data_shards, layout.parity_shards, layout.ec_type or "isa_l_rs_cauchy")
+    sources = [i for i, c in answered.items()
+               if i not in targets and c.state == State.OK and c.meta.data_id == version.data_id]
+    if len(sources) < coder.data_shards:
+        report.unrecoverable = 1
+        report.details.append(f"{bucket}/{key}: only {len(sources)} sound shards, {coder.data_shards} needed")
+        HEAL_OBJECTS.labels("unrecoverable").inc()
+        return report
+    await _ensure_buckets(store, bucket, [i for i in targets if answered[i].state == State.NO_META])
+    rebuilt = await _rebuild(store, coder, version, sources, targets)
+    report.shards_rebuilt = sum(1 for ok in rebuilt.values() if ok)
+    report.shards_failed = len(rebuilt) - report.shards_rebuilt
+    HEAL_SHARDS.labels("rebuilt").inc(report.shards_rebuilt)
+    HEAL_SHARDS.labels("failed").inc(report.shards_failed)
+    if report.shards_rebuilt:
+        report.objects_healed = 1
+    HEAL_OBJECTS.labels("partial" if report.shards_failed else "healed").inc()
+    return report
+
+
+def _why(check, version, suspect: bool) -> str:
+    if check.state == State.NO_META:
+        return "no copy"
+    if check.meta.data_id != version.data_id:
+        return "stale version"
+    if comparable_meta(check.meta) != comparable_meta(version):
+        return "metadata differs from the quorum's"
+    if check.state != State.OK:
+        return check.detail or State.State.Name(check.state).lower()
+    return "failed a read" if suspect else "ok"
+
+
+async def _no_quorum(store, bucket, key, answered, metas, report, dry_run, grace_s) -> HealReport:
+    copies = [m for m in metas if m is not None]
+    if not copies:
+        HEAL_OBJECTS.labels("healthy").inc()  # nothing anywhere: deleted meanwhile
+        return report
+    offline = len(store.members) - len(answered)
+    best = max(sum(1 for m in copies if m.data_id == c.data_id) for c in copies)
+    young = any(_now_ns() - m.mtime_ns < grace_s * 1e9 for m in copies)
+    if best + offline >= store.read_quorum or young:
+        # The missing members might hold it, or a PUT is still committing: nothing to decide yet.
+        report.unrecoverable = 1
+        report.details.append(f"{bucket}/{key}: no version on {store.read_quorum} drives "
+                              f"({len(copies)} copies, {offline} drives offline)")
+        HEAL_OBJECTS.labels("unrecoverable").inc()
+        return report
+    report.details.append(f"{bucket}/{key}: dangling ({len(copies)} copies of a version that never reached "
+                          f"quorum){'' if not dry_run else ', would remove'}")
+    if not dry_run:
+        for i, meta in enumerate(metas):
+            if meta is not None:
+                try:
+                    await store.delete_version(i, bucket, key, meta.data_id)
+                except errors.SealstoreError as err:
+                    report.details.append(f"{bucket}/{key}: member {i}: {err.message}")
+    report.dangling_removed = 1
+    HEAL_OBJECTS.labels("dangling_removed").inc()
+    return report
+
+
+async def _ensure_buckets(store: ErasureSetClient, bucket: str, members: list[int]) -> None:
+    if not members:
+        return
+    info = await store.get_bucket(bucket)
+    for address in dict.fromkeys(store.members[i].address for i in members):
+        await store.make_bucket_on(address, info)
+
+
+async def _rebuild(store: ErasureSetClient, coder, version: types_pb2.ObjectMeta, sources: list[int],
+                   targets: dict[int, str]) -> dict[int, bool]:
+    """Streams re-encoded fragments to every target and commits each conditionally."""
+    from services.crypto.shard_io import StripeReader
+
+    upload_id = f"heal-{uuid.uuid4().hex}"
+    if version.inline:
+        return await _rebuild_inline(store, coder, version, sources, targets, upload_id)
+    queues = {i: asyncio.Queue(QUEUE_DEPTH) for i in targets}
+    failed: dict[int, BaseException] = {}
+
+    async def blocks(i: int):
+        while True:
+            block = await queues[i].get()
+            if block is None:
+                return
+            yield block
+
+    async def write(i: int) -> None:
+        try:
+            await store.write_shard(i, upload_id, version.bucket, blocks(i))
+        except BaseException as exc:
+            failed[i] = exc
+            while not queues[i].empty():  # unblock the producer
+                queues[i].get_nowait()
+            raise
+
+    writers = {i: asyncio.ensure_future(write(i)) for i in targets}
+    reader = StripeReader(store, coder, version.bucket, version.key, version.data_id, sources)
+    try:
+        count = version.erasure.stripe_count
+        if count:
+            async for stripe in reader.stripes(0, count):
+                fragments = coder.encode(stripe)
+                for i in targets:
+                    if i not in failed:
+                        await queues[i].put(fragments[i])
+        for i in targets:
+            if i not in failed:
+                await queues[i].put(None)
+        await asyncio.gather(*writers.values(), return_exceptions=True)
+    except BaseException:
+        for task in writers.values():
+            task.cancel()
+        await asyncio.gather(*writers.values(), return_exceptions=True)
+        await store.abort_upload(upload_id)
+        raise
+    result: dict[int, bool] = {}
+    for i, held in targets.items():
+        if i in failed:
+            log.warning("heal of %s/%s: writing member %d failed: %r", version.bucket, version.key, i, failed[i])
+            result[i] = False
+            continue
+        try:
+            await store.heal_commit(i, upload_id, version, held)
+            result[i] = True
+        except errors.SealstoreError as err:
+            log.warning("heal of %s/%s: commit on member %d refused: %s", version.bucket, version.key, i, err.message)
+            result[i] = False
+    if not all(result.values()):
+        await store.abort_upload(upload_id)
+    return result
+
+
+async def _rebuild_inline(store: ErasureSetClient, coder, version: types_pb2.ObjectMeta, sources: list[int],
+                          targets: dict[int, str], upload_id: str) -> dict[int, bool]:
+    """A small object's copy is its metadata with the shard inside: one conditional commit each."""
+    from services.crypto.shard_io import StripeReader
+
+    fragments: list[bytes] = []
+    if version.erasure.stripe_count:
+        reader = StripeReader(store, coder, version.bucket, version.key, version.data_id, sources)
+        async for stripe in reader.stripes(0, 1):
+            fragments = coder.encode(stripe)
+    result: dict[int, bool] = {}
+    for i, held in targets.items():
+        try:
+            await store.heal_commit(i, upload_id, version, held, inline_block=fragments[i] if fragments else b"")
+            result[i] = True
+        except errors.SealstoreError as err:
+            log.warning("heal of %s/%s: commit on member %d refused: %s", version.bucket, version.key, i, err.message)
+            result[i] = False
+    return result
+
+
+async def heal_buckets(store: ErasureSetClient, only: str = "", dry_run: bool = False) -> tuple[list[str], int]:
+    """Recreates bucket metadata on drives that lack it; returns (buckets, drives' nodes healed)."""
+    infos = await store.list_buckets()
+    if only:
+        infos = [i for i in infos if i.name == only]
+        if not infos:
+            raise errors.NoSuchBucket(resource=only)
+    healed = 0
+    if not dry_run:
+        for info in infos:
+            for address in dict.fromkeys(m.address for m in store.members):
+                healed += await store.make_bucket_on(address, info)
+    return [i.name for i in infos], healed
+
+
+class _Pace:
+    """At most `rate` calls of wait() per second (no limit when rate <= 0)."""
+
+    def __init__(self, rate: float):
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+        self.next = time.monotonic()
+
+    async def wait(self) -> None:
+        if not self.interval:
+            return
+        now = time.monotonic()
+        if self.next > now:
+            await asyncio.sleep(self.next - now)
+        self.next = max(now, self.next) + self.interval
+
+
+async def heal_all(store: ErasureSetClient, bucket: str = "", *, dry_run: bool = False, deep: bool = True,
+                   grace_s: float = DANGLING_GRACE_S, rate: float = 0.0) -> HealReport:
+    """Walks every object of every bucket (or of `bucket`), as any member lists it, and heals it.
+
+    `rate` > 0 bounds the walk to that many objects per second (a background scan that must
+    not compete with client traffic)."""
+    report = HealReport()
+    pace = _Pace(rate)
+    names, report.buckets_healed = await heal_buckets(store, bucket, dry_run)
+    for name in names:
+        keys: set[str] = set()
+        listings = await asyncio.gather(*(store.member_keys(i, name) for i in range(len(store.members))),
+                                        return_exceptions=True)
+        for listing in listings:
+            if not isinstance(listing, BaseException):
+                keys.update(e.key for e in listing)
+        for key in sorted(keys):
+            await pace.wait()
+            try:
+                report.add(await heal_object(store, name, key, deep=deep, dry_run=dry_run, grace_s=grace_s))
+            except errors.SealstoreError as err:
+                report.add(HealReport(objects_scanned=1, unrecoverable=1, details=[f"{name}/{key}: {err.message}"]))
+                HEAL_OBJECTS.labels("unrecoverable").inc()
+    return report
