@@ -42,9 +42,9 @@ def dispatch(args) -> int | None:
 
 
 def _client():
-    from sealstore.erasure_set import ErasureSetClient
+    from sealstore.erasure_set import connect
     data = config.data_dir()
-    return ErasureSetClient(config.load_topology(data), config.certs_dir(data), "admin")
+    return connect(config.load_topology(data), config.certs_dir(data), "admin")
 
 
 async def _heal(args) -> int:
@@ -94,22 +94,22 @@ async def _drives(args) -> int:
         statuses = await store.node_status()
     finally:
         await store.close()
-    by_address = dict(zip(dict.fromkeys(m.address for m in store.members), statuses))
+    by_address = dict(zip(dict.fromkeys(m.address for s in store.sets for m in s.members), statuses))
     rows = []
-    for m in store.members:
+    for s, m in ((s, m) for s in store.sets for m in s.members):
         status = by_address[m.address]
         if isinstance(status, BaseException):
-            rows.append({"member": m.index, "address": m.address, "drive": m.drive, "state": "offline",
-                         "path": "", "detail": status.message})
+            rows.append({"set": s.set_index, "member": m.index, "address": m.address, "drive": m.drive,
+                         "state": "offline", "path": "", "detail": status.message})
             continue
         state = status.drive_states[m.drive] if m.drive < len(status.drive_states) else None
-        rows.append({"member": m.index, "address": m.address, "drive": m.drive,
+        rows.append({"set": s.set_index, "member": m.index, "address": m.address, "drive": m.drive,
                      "state": state.state if state else "online", "path": state.path if state else "",
                      "detail": state.detail if state else ""})
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         for r in rows:
-            print(f"member {r['member']:>2}  {r['address']:<22} drive {r['drive']}  {r['state']:<9} {r['path']}"
+            print(f"set {r['set']} member {r['member']:>2}  {r['address']:<22} drive {r['drive']}  {r['state']:<9} {r['path']}"
                   + (f"  ({r['detail']})" if r["detail"] else ""))
     return 0 if all(r["state"] == "online" for r in rows) else 1

@@ -4,11 +4,13 @@
     sealstore key import NAME --key-file F
     sealstore key list [PATTERN]
     sealstore key delete NAME --force [--schedule DAYS]
-    sealstore key min-version NAME VERSION
+    sealstore key min-version NAME VERSION [--force]
+    sealstore key rewrap --bucket B [--key K] [--restart] [--limit N] [--concurrency N]
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import binascii
 import datetime
@@ -91,6 +93,69 @@ def register(subparsers) -> None:
     minv = key_sub.add_parser("min-version", help="refuse decrypting under versions below VERSION")
     minv.add_argument("name")
     minv.add_argument("version", type=int)
+    minv.add_argument("--force", action="store_true",
+                      help="skip the check that no object in any bucket still needs a lower version")
+    rewrap = key_sub.add_parser("rewrap", help="re-wrap every object's data key under its key's newest version, "
+                                               "without rewriting object data (resumable)")
+    rewrap.add_argument("--bucket", required=True)
+    rewrap.add_argument("--key", default="", help="only objects under this key (default: every key)")
+    rewrap.add_argument("--restart", action="store_true", help="ignore the checkpoint of an earlier run")
+    rewrap.add_argument("--limit", type=int, default=0, metavar="N",
+                        help="stop after N objects (the next run resumes from there)")
+    rewrap.add_argument("--concurrency", type=int, default=32, metavar="N", help="objects rewrapped at once")
+
+
+def _quorum_client():
+    """The quorum client of the whole cluster (routes each object to its erasure set)."""
+    from sealstore.erasure_set import connect
+    data = config.data_dir()
+    return connect(config.load_topology(data), config.certs_dir(data), "admin")
+
+
+def _kms_versions():
+    from sealstore import rpc
+    from sealstore.rewrap import KmsKeyVersions
+    data = config.data_dir()
+    return KmsKeyVersions(rpc.aio_channel(config.certs_dir(data), "admin", config.load_topology(data).kms))
+
+
+def _show_progress(report) -> None:
+    if sys.stderr.isatty():
+        print(f"\r{report.line()}", end="", file=sys.stderr, flush=True)
+    elif report.scanned % 1000 < 32 or report.scanned < 32:
+        print(report.line(), file=sys.stderr, flush=True)
+
+
+async def _rewrap(args) -> int:
+    from sealstore.rewrap import Checkpoint, rewrap_bucket
+    checkpoint = Checkpoint.for_bucket(config.data_dir(), args.bucket, args.key)
+    if args.restart:
+        checkpoint.remove()
+    elif checkpoint.load():
+        print(f"resuming after {checkpoint.last_key!r} (checkpoint {checkpoint.path}; --restart starts over)",
+              file=sys.stderr)
+    store, kms = _quorum_client(), _kms_versions()
+    try:
+        report = await rewrap_bucket(store, kms, args.bucket, checkpoint, limit=args.limit,
+                                     concurrency=max(1, args.concurrency), on_progress=_show_progress)
+    finally:
+        await asyncio.gather(store.close(), kms.close())
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    for failure in report.failures[:20]:
+        print(f"failed: {failure}", file=sys.stderr)
+    state = "done" if report.complete else f"stopped after {report.scanned} objects; run again to resume"
+    print(f"rewrap {args.bucket}: {report.line()} ({state})")
+    return 1 if report.failed else 0
+
+
+async def _census(name: str, version: int):
+    from sealstore.rewrap import objects_below_version
+    store = _quorum_client()
+    try:
+        return await objects_below_version(store, name, version)
+    finally:
+        await store.close()
 
 
 def dispatch(args: argparse.Namespace) -> int | None:
@@ -100,6 +165,11 @@ def dispatch(args: argparse.Namespace) -> int | None:
     if args.action == "delete" and not args.force:
         return _fail(f"deleting key {args.name} makes every object under it unreadable for good; "
                      f"add --force to confirm (or --force --schedule DAYS for a 7-30 day window)")
+    if args.action == "rewrap":
+        try:
+            return asyncio.run(_rewrap(args))
+        except errors.SealstoreError as err:
+            return _fail(f"rewrap: {err.code}: {err.message}")
     stub = kms_stub()
     try:
         if args.action == "create":
@@ -126,6 +196,17 @@ def dispatch(args: argparse.Namespace) -> int | None:
             info = stub.RotateKey(kms_pb2.KeyRequest(name=args.name))
             print(f"key {args.name} rotated: new objects use version {info.version}; older versions still read")
         elif args.action == "min-version":
+            current = stub.DescribeKey(kms_pb2.KeyRequest(name=args.name))
+            if not args.force and args.version > current.min_version:
+                census = asyncio.run(_census(args.name, args.version))
+                if census.below or census.unreadable:
+                    return _fail(
+                        f"refusing: {census.below} object(s) still need a version of key {args.name} below "
+                        f"{args.version}" + (f" and {census.unreadable} could not be checked" if census.unreadable
+                                             else "") +
+                        f" (e.g. {', '.join(census.examples[:5])}); run `sealstore key rewrap --bucket B "
+                        f"--key {args.name}` for each bucket first, or add --force to retire the version anyway "
+                        f"(those objects become unreadable)")
             info = stub.SetMinVersion(kms_pb2.SetMinVersionRequest(name=args.name, min_version=args.version))
             print(f"key {args.name}: versions below {info.min_version} no longer decrypt")
         elif args.action == "cancel-deletion":
@@ -141,5 +222,7 @@ def dispatch(args: argparse.Namespace) -> int | None:
                 print(f"key {args.name} deleted: objects under it are unreadable for good")
     except grpc.RpcError as exc:
         err = errors.from_rpc_error(exc)
+        return _fail(f"{err.code}: {err.message}")
+    except errors.SealstoreError as err:  # the metadata scan of min-version
         return _fail(f"{err.code}: {err.message}")
     return 0

@@ -5,10 +5,11 @@ and Kubernetes pods describe it with environment variables instead (see `ENV_*`)
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 ENV_DATA_DIR = "SEALSTORE_DATA_DIR"
@@ -23,8 +24,14 @@ ENV_CRYPTO_ADDRS = "SEALSTORE_CRYPTO_ADDRS"
 """Comma-separated host:port of the crypto workers."""
 ENV_STORAGE_SET = "SEALSTORE_STORAGE_SET"
 """Comma-separated members of the erasure set, each host:port or host:port/drive."""
+ENV_STORAGE_SETS = "SEALSTORE_STORAGE_SETS"
+"""Several erasure sets: sets separated by `;`, each as ENV_STORAGE_SET (wins over it)."""
 ENV_PARITY = "SEALSTORE_PARITY"
-"""Parity shards of the erasure set (default: half the set)."""
+"""Parity shards of each erasure set (default: MinIO's for the set size)."""
+ENV_SET_DRIVE_COUNT = "SEALSTORE_SET_DRIVE_COUNT"
+"""Drives per erasure set (default: the largest size in 4..16 that divides the drive count)."""
+ENV_DEPLOYMENT_ID = "SEALSTORE_DEPLOYMENT_ID"
+"""The deployment id (keys the object -> set hash; the launcher records it in cluster.json)."""
 ENV_GATEWAY_ADDR = "SEALSTORE_GATEWAY_ADDR"
 """host:port the gateway's S3 endpoint listens on (default 127.0.0.1:9000)."""
 
@@ -59,28 +66,44 @@ class SetMember:
 
 @dataclass(frozen=True)
 class Topology:
-    """The services of one cluster and its erasure set."""
+    """The services of one cluster and its erasure sets."""
 
     kms: str
     """host:port of the kms."""
     crypto: tuple[str, ...]
     """host:port of each crypto worker."""
-    storage_set: tuple[SetMember, ...]
-    """The drives of the erasure set, in shard order."""
-    parity_shards: int
-    """Parity shards per stripe; data shards = len(storage_set) - parity_shards."""
+    storage_set: tuple[SetMember, ...] = ()
+    """Every drive of the cluster, set after set, each set in shard order (with one set: the set).
+    Given alone, it is the one erasure set."""
+    parity_shards: int = 2
+    """Parity shards per stripe, in every set; data shards = set size - parity_shards."""
     gateway: str = DEFAULT_GATEWAY_ADDR
+    storage_sets: tuple[tuple[SetMember, ...], ...] = ()
+    """The erasure sets, each its drives in shard order; default: storage_set as one set."""
+    deployment_id: str = ""
+    """Keys the hash that picks an object's set (see `set_of`)."""
 
     def __post_init__(self):
-        n = len(self.storage_set)
+        if not self.storage_sets:
+            object.__setattr__(self, "storage_sets", (tuple(self.storage_set),))
+        object.__setattr__(self, "storage_sets", tuple(tuple(s) for s in self.storage_sets))
+        object.__setattr__(self, "storage_set", tuple(m for s in self.storage_sets for m in s))
+        sizes = {len(s) for s in self.storage_sets}
+        if len(sizes) != 1:
+            raise ValueError(f"every erasure set needs the same number of drives, not {sorted(sizes)}")
+        n = sizes.pop()
         if n < 2:
             raise ValueError("the erasure set needs at least 2 drives")
         if not 0 < self.parity_shards <= n // 2:
             raise ValueError(f"parity must be between 1 and {n // 2} for a set of {n} drives, not {self.parity_shards}")
 
     @property
+    def set_size(self) -> int:
+        return len(self.storage_sets[0])
+
+    @property
     def data_shards(self) -> int:
-        return len(self.storage_set) - self.parity_shards
+        return self.set_size - self.parity_shards
 
     @property
     def read_quorum(self) -> int:
@@ -91,24 +114,68 @@ class Topology:
         # As MinIO: with as many parity as data shards, a write needs one more drive.
         return self.data_shards + (1 if self.data_shards == self.parity_shards else 0)
 
+    def one_set(self, index: int) -> "Topology":
+        """The same cluster seen as erasure set `index` alone."""
+        return replace(self, storage_set=(), storage_sets=(self.storage_sets[index],))
+
+
+def set_of(bucket: str, key: str, set_count: int, deployment_id: str) -> int:
+    """The erasure set holding bucket/key: BLAKE2b-64 of "bucket/key" keyed by the deployment id,
+    mod the number of sets (MinIO: SipHash of the object name keyed the same way). Deterministic
+    for every process of the deployment; a deployment id never changes, so neither does a key's set."""
+    if set_count == 1:
+        return 0
+    digest = hashlib.blake2b(f"{bucket}/{key}".encode(), key=deployment_id.encode()[:64], digest_size=8).digest()
+    return int.from_bytes(digest, "big") % set_count
+
 
 def default_parity(set_size: int) -> int:
-    """MinIO's default parity for a set of this size (2 for 4 drives, 4 from 8 drives up)."""
+    """MinIO's default parity for a set of this size (2 for 4-5 drives, 3 for 6-7, 4 from 8 up)."""
     if set_size >= 8:
         return 4
     return max(1, set_size // 2)
 
 
+SET_SIZES = range(4, 17)
+"""Drives per erasure set allowed, as MinIO's 4..16 (2 and 3 are too small to be durable)."""
+
+
+def choose_set_size(drives: int, nodes: int, requested: int = 0) -> int:
+    """Drives per set: `requested` if it fits, else the largest size in 4..16 that divides the
+    drive count symmetrically (set size a multiple of the node count or a divisor of it, so
+    every set spans nodes alike). Raises ValueError with the reason for an impossible layout."""
+    if requested:
+        if requested not in SET_SIZES:
+            raise ValueError(f"a set of {requested} drives is impossible (4 to 16)")
+        if requested > drives:
+            raise ValueError(f"a set of {requested} drives is larger than the {drives} drives of the cluster")
+        if drives % requested:
+            raise ValueError(f"{drives} drives do not divide into sets of {requested}")
+        return requested
+    fitting = [s for s in SET_SIZES if drives % s == 0 and (s % nodes == 0 or nodes % s == 0)]
+    if not fitting:
+        raise ValueError(f"{drives} drives on {nodes} nodes do not divide into erasure sets of 4 to 16 drives")
+    return max(fitting)
+
+
+def split_sets(members: list, set_size: int) -> list[list]:
+    """Members in global shard order (drives interleaved across nodes) cut into consecutive sets."""
+    return [members[i:i + set_size] for i in range(0, len(members), set_size)]
+
+
 def topology_from_env(env: dict[str, str] | None = None) -> Topology | None:
     env = os.environ if env is None else env
-    if not env.get(ENV_STORAGE_SET):
+    text = env.get(ENV_STORAGE_SETS) or env.get(ENV_STORAGE_SET)
+    if not text:
         return None
-    members = tuple(SetMember.parse(m) for m in env[ENV_STORAGE_SET].split(",") if m.strip())
-    parity = int(env.get(ENV_PARITY) or default_parity(len(members)))
+    sets = tuple(tuple(SetMember.parse(m) for m in one.split(",") if m.strip())
+                 for one in text.split(";") if one.strip())
+    parity = int(env.get(ENV_PARITY) or default_parity(len(sets[0])))
     return Topology(
+        storage_sets=sets,
+        deployment_id=env.get(ENV_DEPLOYMENT_ID, ""),
         kms=env.get(ENV_KMS_ADDR, "127.0.0.1:9101"),
         crypto=tuple(a.strip() for a in env.get(ENV_CRYPTO_ADDRS, "127.0.0.1:9102").split(",") if a.strip()),
-        storage_set=members,
         parity_shards=parity,
         gateway=env.get(ENV_GATEWAY_ADDR, DEFAULT_GATEWAY_ADDR),
     )
@@ -121,6 +188,10 @@ class ClusterFile:
     services: list[dict] = field(default_factory=list)
     parity_shards: int = 2
     storage_set: list[str] = field(default_factory=list)
+    """Every drive, set after set (as Topology.storage_set)."""
+    storage_sets: list[list[str]] = field(default_factory=list)
+    """The erasure sets (default: storage_set as one set)."""
+    deployment_id: str = ""
 
     def topology(self) -> Topology:
         def addr(role: str) -> list[str]:
@@ -128,20 +199,28 @@ class ClusterFile:
         return Topology(
             kms=addr("kms")[0],
             crypto=tuple(addr("crypto")),
-            storage_set=tuple(SetMember.parse(m) for m in self.storage_set),
+            storage_sets=tuple(tuple(SetMember.parse(m) for m in one) for one in self.sets()),
             parity_shards=self.parity_shards,
             gateway=(addr("gateway") or [DEFAULT_GATEWAY_ADDR])[0],
+            deployment_id=self.deployment_id,
         )
+
+    def sets(self) -> list[list[str]]:
+        return self.storage_sets or [self.storage_set]
 
     def to_json(self) -> str:
         return json.dumps({"services": self.services, "erasure": {
-            "parity_shards": self.parity_shards, "set": self.storage_set}}, indent=2)
+            "parity_shards": self.parity_shards, "set_drive_count": len(self.sets()[0]),
+            "set": [m for one in self.sets() for m in one], "sets": self.sets()},
+            **({"deployment_id": self.deployment_id} if self.deployment_id else {})}, indent=2)
 
     @classmethod
     def load(cls, path: Path) -> "ClusterFile":
         raw = json.loads(path.read_text())
-        return cls(services=raw["services"], parity_shards=raw["erasure"]["parity_shards"],
-                   storage_set=list(raw["erasure"]["set"]))
+        erasure = raw["erasure"]
+        return cls(services=raw["services"], parity_shards=erasure["parity_shards"],
+                   storage_set=list(erasure["set"]), storage_sets=[list(s) for s in erasure.get("sets", [])],
+                   deployment_id=raw.get("deployment_id", ""))
 
     def save(self, path: Path) -> None:
         write_file_atomic(path, self.to_json().encode(), mode=0o644)

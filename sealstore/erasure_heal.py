@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from prometheus_client import Counter
 
 from sealstore import errors
-from sealstore.erasure_set import ErasureSetClient, comparable_meta
+from sealstore.erasure_set import ErasureSetClient, ErasureSets, comparable_meta
 from sealstore.v1 import storage_pb2, types_pb2
 
 log = logging.getLogger(__name__)
@@ -300,14 +300,23 @@ class _Pace:
         self.next = max(now, self.next) + self.interval
 
 
-async def heal_all(store: ErasureSetClient, bucket: str = "", *, dry_run: bool = False, deep: bool = True,
-                   grace_s: float = DANGLING_GRACE_S, rate: float = 0.0) -> HealReport:
-    """Walks every object of every bucket (or of `bucket`), as any member lists it, and heals it.
+async def heal_all(store: "ErasureSetClient | ErasureSets", bucket: str = "", *, dry_run: bool = False,
+                   deep: bool = True, grace_s: float = DANGLING_GRACE_S, rate: float = 0.0) -> HealReport:
+    """Walks every object of every bucket (or of `bucket`), as any member lists it, and heals it,
+    one erasure set after the other (each set's quorum decides for the objects it holds).
 
     `rate` > 0 bounds the walk to that many objects per second (a background scan that must
     not compete with client traffic)."""
     report = HealReport()
     pace = _Pace(rate)
+    for one in store.sets:
+        report.add(await _heal_set(one, bucket, dry_run=dry_run, deep=deep, grace_s=grace_s, pace=pace))
+    return report
+
+
+async def _heal_set(store: ErasureSetClient, bucket: str, *, dry_run: bool, deep: bool, grace_s: float,
+                    pace: _Pace) -> HealReport:
+    report = HealReport()
     names, report.buckets_healed = await heal_buckets(store, bucket, dry_run)
     for name in names:
         keys: set[str] = set()

@@ -25,7 +25,7 @@ from typing import AsyncIterator, Awaitable, Callable, Iterable, TypeVar
 import grpc
 
 from sealstore import errors
-from sealstore.config import Topology
+from sealstore.config import Topology, set_of
 from sealstore.rpc import CHANNEL_OPTIONS, channel_credentials
 from sealstore.v1 import storage_pb2, storage_pb2_grpc, types_pb2
 
@@ -115,23 +115,38 @@ def majority_meta(copies: list[types_pb2.ObjectMeta]) -> types_pb2.ObjectMeta:
 class ErasureSetClient:
     """Quorum reads and writes of bucket and object metadata across one erasure set."""
 
-    def __init__(self, topology: Topology, certs: Path, role: str, *, timeout: float = DEFAULT_TIMEOUT):
+    def __init__(self, topology: Topology, certs: Path, role: str, *, timeout: float = DEFAULT_TIMEOUT,
+                 set_index: int = 0, channels: dict[str, grpc.aio.Channel] | None = None):
+        """The client of erasure set `set_index` of the topology. `channels`: a cache shared by the
+        clients of several sets (nodes holding drives of several sets), closed by its owner."""
+        self.set_index = set_index
         self.data_shards = topology.data_shards
         self.parity_shards = topology.parity_shards
         self.read_quorum = topology.read_quorum
         self.write_quorum = topology.write_quorum
         self.timeout = timeout
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._owns_channels = channels is None
+        self._channels: dict[str, grpc.aio.Channel] = {} if channels is None else channels
         self._stubs: dict[str, storage_pb2_grpc.StorageServiceStub] = {}
-        for m in topology.storage_set:
+        drives = topology.storage_sets[set_index]
+        for m in drives:
             if m.address not in self._channels:
                 self._channels[m.address] = _member_channel(certs, role, m.address)
+            if m.address not in self._stubs:
                 self._stubs[m.address] = storage_pb2_grpc.StorageServiceStub(self._channels[m.address])
-        self.members = [Member(i, m.address, m.drive, self._stubs[m.address])
-                        for i, m in enumerate(topology.storage_set)]
+        self.members = [Member(i, m.address, m.drive, self._stubs[m.address]) for i, m in enumerate(drives)]
+
+    @property
+    def sets(self) -> list["ErasureSetClient"]:
+        return [self]
+
+    def set_for(self, bucket: str, key: str) -> "ErasureSetClient":
+        """The set holding bucket/key: this one (see ErasureSets for several)."""
+        return self
 
     async def close(self) -> None:
-        await asyncio.gather(*(ch.close() for ch in self._channels.values()), return_exceptions=True)
+        if self._owns_channels:
+            await asyncio.gather(*(ch.close() for ch in self._channels.values()), return_exceptions=True)
 
     # ---- fan-out -------------------------------------------------------------------------
 
@@ -451,6 +466,21 @@ class ErasureSetClient:
         except grpc.RpcError as exc:
             raise errors.from_rpc_error(exc) from None
 
+    async def update_object_encryption(self, bucket: str, key: str, data_id: str, encrypted_dek: bytes,
+                                       kms_key_version: int, members: list[int]) -> None:
+        """Key rewrap: replaces the encrypted DEK of version `data_id` on `members` (those holding
+        it), each only if still current there. Below write_quorum: PreconditionFailed when the
+        object changed meanwhile on enough members, else SlowDown. No undo is needed: old and new
+        ciphertexts wrap the same DEK, so every copy stays readable either way."""
+        def call(m: Member):
+            return m.stub.UpdateObjectEncryption(storage_pb2.UpdateObjectEncryptionRequest(
+                bucket=bucket, key=key, drive=m.drive, expect_data_id=data_id, encrypted_dek=encrypted_dek,
+                kms_key_version=kms_key_version), timeout=self.timeout)
+        outcomes = await self._each_member(call, [self.members[i] for i in members])
+        if sum(1 for o in outcomes if not _failed(o)) >= self.write_quorum:
+            return
+        raise _verdict(outcomes, self.write_quorum, f"rewrap {bucket}/{key}")
+
     async def check_shards(self, bucket: str, key: str, deep: bool) -> list:
         """Each member's CheckShardResponse for the object, or its error (unreachable, refused)."""
         def call(m: Member):
@@ -505,3 +535,157 @@ class ErasureSetClient:
         """Each storage node's status (or its error), in address order."""
         return await asyncio.gather(*(self._guard(s.NodeStatus(types_pb2.Empty(), timeout=self.timeout), a)
                                       for a, s in self._stubs.items()))
+
+
+class ErasureSets:
+    """Several erasure sets: each object lives in the one set `config.set_of` names; bucket
+    metadata lives on every drive of every set.
+
+    Object calls go to the object's set (its ErasureSetClient, quorum of that set). Bucket calls
+    go to every set, each deciding by its own quorum; a bucket exists when every set has it.
+    Listings merge the sets' listings in key order (each key is in one set only). A cluster of
+    one set is served by a plain ErasureSetClient (`connect` picks).
+    """
+
+    def __init__(self, topology: Topology, certs: Path, role: str, *, timeout: float = DEFAULT_TIMEOUT):
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self.sets = [ErasureSetClient(topology, certs, role, timeout=timeout, set_index=i, channels=self._channels)
+                     for i in range(len(topology.storage_sets))]
+        self.deployment_id = topology.deployment_id
+        first = self.sets[0]
+        self.data_shards, self.parity_shards = first.data_shards, first.parity_shards
+        self.read_quorum, self.write_quorum = first.read_quorum, first.write_quorum
+
+    def set_for(self, bucket: str, key: str) -> ErasureSetClient:
+        return self.sets[set_of(bucket, key, len(self.sets), self.deployment_id)]
+
+    async def close(self) -> None:
+        await asyncio.gather(*(ch.close() for ch in self._channels.values()), return_exceptions=True)
+
+    async def _each_set(self, fn: Callable[[ErasureSetClient], Awaitable[T]]) -> list:
+        async def guarded(s: ErasureSetClient):
+            try:
+                return await fn(s)
+            except errors.SealstoreError as exc:
+                return exc
+        return list(await asyncio.gather(*(guarded(s) for s in self.sets)))
+
+    # ---- buckets: every set --------------------------------------------------------------
+
+    async def make_bucket(self, bucket: str) -> types_pb2.BucketInfo:
+        outcomes = await self._each_set(lambda s: s.make_bucket(bucket))
+        made = [o for o in outcomes if not _failed(o)]
+        existing = _count(outcomes, errors.BucketAlreadyOwnedByYou)
+        if not made and existing == len(outcomes):
+            raise outcomes[0]
+        # A set that already had it (an earlier create that failed half way, or a node holding
+        # drives of two sets, which answered the other set's call first) counts as done.
+        if made and len(made) + existing == len(outcomes):
+            return made[0]
+        for s, o in zip(self.sets, outcomes):  # undo: a failed create leaves no bucket behind
+            if not _failed(o):
+                await self._guarded_delete_bucket(s, bucket)
+        raise next(o for o in outcomes if _failed(o) and not isinstance(o, errors.BucketAlreadyOwnedByYou))
+
+    async def _guarded_delete_bucket(self, s: ErasureSetClient, bucket: str) -> None:
+        try:
+            await s.delete_bucket(bucket)
+        except errors.SealstoreError as exc:
+            log.warning("undoing bucket %s on set %d failed: %s", bucket, s.set_index, exc.message)
+
+    async def get_bucket(self, bucket: str, *, for_write: bool = False) -> types_pb2.BucketInfo:
+        """The bucket's info when no set says it is missing and at least one set reaches its
+        quorum: a set below quorum must not make the objects of the other sets unreachable (an
+        object call to that set fails by its own quorum anyway)."""
+        outcomes = await self._each_set(lambda s: s.get_bucket(bucket, for_write=for_write))
+        missing = [o for o in outcomes if isinstance(o, errors.NoSuchBucket)]
+        found = [o for o in outcomes if not _failed(o)]
+        if missing or not found:
+            raise (missing or outcomes)[0]
+        return _majority(found)
+
+    async def list_buckets(self) -> list[types_pb2.BucketInfo]:
+        """The buckets every set that answered has (as get_bucket, a set below quorum is skipped)."""
+        outcomes = await self._each_set(lambda s: s.list_buckets())
+        answers = [o for o in outcomes if not _failed(o)]
+        if not answers:
+            raise outcomes[0]
+        names = set.intersection(*({b.name for b in o} for o in answers))
+        return [b for b in answers[0] if b.name in names]
+
+    async def delete_bucket(self, bucket: str) -> None:
+        info = await self.get_bucket(bucket)
+        # Refuse before removing anything when any set still holds an object (a set's own
+        # delete would only see its own objects, and the others would have to be restored).
+        pages = await self._each_set(lambda s: s.list_objects(bucket, "", "", 1))
+        for page in pages:
+            if _failed(page):
+                raise page
+            if page[0]:
+                raise errors.BucketNotEmpty(f"bucket {bucket} is not empty")
+        outcomes = await self._each_set(lambda s: s.delete_bucket(bucket))
+        deleted = [s for s, o in zip(self.sets, outcomes) if not _failed(o)]
+        gone = _count(outcomes, errors.NoSuchBucket)  # a node of two sets removed it for both
+        if deleted and len(deleted) + gone == len(outcomes):
+            return
+        for s in deleted:  # put it back where it was removed
+            await s._restore_bucket(info, list(s._stubs))
+        raise next(o for o in outcomes if _failed(o) and not isinstance(o, errors.NoSuchBucket))
+
+    async def set_bucket_encryption(self, bucket: str,
+                                    enc: types_pb2.BucketEncryption | None) -> types_pb2.BucketInfo:
+        outcomes = await self._each_set(lambda s: s.set_bucket_encryption(bucket, enc))
+        for o in outcomes:
+            if _failed(o):
+                raise o
+        return outcomes[0]
+
+    # ---- objects: the object's set -------------------------------------------------------
+
+    async def get_object_meta(self, bucket: str, key: str) -> types_pb2.ObjectMeta:
+        return await self.set_for(bucket, key).get_object_meta(bucket, key)
+
+    async def delete_object(self, bucket: str, key: str) -> None:
+        await self.set_for(bucket, key).delete_object(bucket, key)
+
+    async def get_object_metas(self, bucket: str, key: str) -> list[types_pb2.ObjectMeta | None]:
+        """One entry per member of the object's set (indexes are that set's members)."""
+        return await self.set_for(bucket, key).get_object_metas(bucket, key)
+
+    async def meta_outcomes(self, bucket: str, key: str) -> list:
+        return await self.set_for(bucket, key).meta_outcomes(bucket, key)
+
+    def quorum_version(self, metas: list[types_pb2.ObjectMeta | None]) -> types_pb2.ObjectMeta | None:
+        # Every set has the same size and quorum: any set decides alike.
+        return self.sets[0].quorum_version(metas)
+
+    async def list_objects(self, bucket: str, prefix: str, start_after: str,
+                           max_keys: int) -> tuple[list[storage_pb2.ObjectEntry], bool]:
+        """Each set's first max_keys entries after start_after, merged in key order: the first
+        max_keys of the merge are exactly the cluster's (every key lives in one set)."""
+        if max_keys <= 0:
+            return [], False
+        pages = await self._each_set(lambda s: s.list_objects(bucket, prefix, start_after, max_keys))
+        for page in pages:
+            if _failed(page):
+                raise page
+        merged = sorted((e for entries, _ in pages for e in entries), key=lambda e: e.key)
+        truncated = len(merged) > max_keys or any(more for _, more in pages)
+        return merged[:max_keys], truncated
+
+    async def update_object_encryption(self, bucket: str, key: str, *args, **kwargs) -> None:
+        await self.set_for(bucket, key).update_object_encryption(bucket, key, *args, **kwargs)
+
+    async def node_status(self) -> list[storage_pb2.NodeStatusResponse | errors.SealstoreError]:
+        """Each storage node's status (or its error), in address order over all sets."""
+        stubs = {a: st for s in self.sets for a, st in s._stubs.items()}
+        return await asyncio.gather(*(self.sets[0]._guard(st.NodeStatus(types_pb2.Empty(), timeout=self.sets[0].timeout), a)
+                                      for a, st in stubs.items()))
+
+
+def connect(topology: Topology, certs: Path, role: str, *,
+            timeout: float = DEFAULT_TIMEOUT) -> "ErasureSetClient | ErasureSets":
+    """The quorum client for the whole cluster: one set's client, or the router over several."""
+    if len(topology.storage_sets) == 1:
+        return ErasureSetClient(topology, certs, role, timeout=timeout)
+    return ErasureSets(topology, certs, role, timeout=timeout)

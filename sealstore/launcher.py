@@ -43,6 +43,8 @@ class Layout:
     storage_nodes: int = 4
     drives_per_node: int = 1
     parity: int = 0
+    set_drive_count: int = 0
+    """Drives per erasure set (0: chosen as MinIO does, see config.choose_set_size)."""
     base_port: int = 9100
     gateway: str = config.DEFAULT_GATEWAY_ADDR
 
@@ -53,18 +55,27 @@ class Layout:
             storage_nodes=int(env.get(ENV_STORAGE_NODES, 4)),
             drives_per_node=int(env.get(ENV_DRIVES_PER_NODE, 1)),
             parity=int(env.get(config.ENV_PARITY, 0)),
+            set_drive_count=int(env.get(config.ENV_SET_DRIVE_COUNT) or 0),
             base_port=int(env.get(ENV_BASE_PORT, 9100)),
             gateway=env.get(config.ENV_GATEWAY_ADDR, config.DEFAULT_GATEWAY_ADDR),
         )
         drives = layout.storage_nodes * layout.drives_per_node
-        if not 4 <= drives <= 16:
-            raise SystemExit(f"sealstore: an erasure set needs 4 to 16 drives, this layout has {drives}")
+        try:
+            size = config.choose_set_size(drives, layout.storage_nodes, layout.set_drive_count)
+        except ValueError as exc:
+            raise SystemExit(f"sealstore: impossible layout: {exc} ({layout.storage_nodes} nodes x "
+                             f"{layout.drives_per_node} drives; see {config.ENV_SET_DRIVE_COUNT})") from None
+        layout.set_drive_count = size
         if layout.parity == 0:
-            layout.parity = config.default_parity(drives)
-        if not 1 <= layout.parity <= drives // 2:
-            raise SystemExit(f"sealstore: parity {layout.parity} is impossible for {drives} drives "
-                             f"(1 to {drives // 2}; parity may not exceed data)")
+            layout.parity = config.default_parity(size)
+        if not 1 <= layout.parity <= size // 2:
+            raise SystemExit(f"sealstore: parity {layout.parity} is impossible for erasure sets of {size} drives "
+                             f"(1 to {size // 2}; parity may not exceed data)")
         return layout
+
+    @property
+    def set_count(self) -> int:
+        return self.storage_nodes * self.drives_per_node // (self.set_drive_count or 1)
 
 
 @dataclass
@@ -129,22 +140,28 @@ def ensure_deployment_id(data: Path) -> str:
     return deployment
 
 
-def plan_services(data: Path, layout: Layout, deployment_id: str = "") -> tuple[list[Service], list[str]]:
-    """The processes to start, and the erasure set's members in shard order."""
+def plan_services(data: Path, layout: Layout, deployment_id: str = "") -> tuple[list[Service], list[list[str]]]:
+    """The processes to start, and the erasure sets, each its members in shard order.
+
+    Drives are numbered across the cluster drive-major (drive d of node n is number d * nodes + n)
+    and cut into consecutive sets, so a set's drives sit on different nodes where possible and
+    consecutive shards of a stripe land on different nodes."""
+    set_size = layout.set_drive_count or layout.storage_nodes * layout.drives_per_node
     host = "127.0.0.1"
     services = [Service("kms", "kms", f"{host}:{layout.base_port + 1}", [])]
     storage: list[Service] = []
     for node in range(layout.storage_nodes):
         drives = [str(data / "drives" / f"node{node + 1}" / f"drive{d + 1}") for d in range(layout.drives_per_node)]
         address = f"{host}:{layout.base_port + 11 + node}"
-        # Member index of each drive in the set: drive d of node n is member d * nodes + n (see below).
-        slots = [str(d * layout.storage_nodes + node) for d in range(layout.drives_per_node)]
+        # Slot of each drive, "set:member": global drive number d * nodes + n cut into sets.
+        slots = ["%d:%d" % divmod(d * layout.storage_nodes + node, set_size) for d in range(layout.drives_per_node)]
         format_args = ["--deployment-id", deployment_id, "--set-slots", ",".join(slots)] if deployment_id else []
         storage.append(Service("storage", f"storage{node + 1}", address,
                                ["--drives", ",".join(drives), "--node-id", str(node + 1), *format_args], drives))
     services += storage
     # Interleave drives across nodes so consecutive shards of a stripe land on different nodes.
-    members = [f"{s.address}/{d}" for d in range(layout.drives_per_node) for s in storage]
+    members = config.split_sets([f"{s.address}/{d}" for d in range(layout.drives_per_node) for s in storage],
+                                set_size)
     cipher = os.environ.get(ENV_CRYPTO_CIPHER)
     services.append(Service("crypto", "crypto", f"{host}:{layout.base_port + 2}",
                             ["--cipher", cipher] if cipher else []))
@@ -162,8 +179,9 @@ class Cluster:
         self.data = data
         self.layout = layout
         self.deployment_id = ensure_deployment_id(data)
-        self.services, self.members = plan_services(data, layout, self.deployment_id)
-        self.cluster_file = config.ClusterFile(parity_shards=layout.parity, storage_set=self.members)
+        self.services, self.sets = plan_services(data, layout, self.deployment_id)
+        self.cluster_file = config.ClusterFile(parity_shards=layout.parity, storage_sets=self.sets,
+                                               deployment_id=self.deployment_id)
 
     def _record(self, ready: bool) -> None:
         self.cluster_file.services = [
@@ -250,8 +268,9 @@ def run(argv: list[str] | None = None) -> int:
     drives = layout.storage_nodes * layout.drives_per_node
     print(f"sealstore is up: S3 endpoint http://{layout.gateway}", flush=True)
     print(f"  data: {data}   logs: {data / 'logs'}", flush=True)
-    print(f"  erasure set: {drives} drives on {layout.storage_nodes} nodes, "
-          f"{drives - layout.parity} data + {layout.parity} parity", flush=True)
+    print(f"  erasure sets: {layout.set_count} of {layout.set_drive_count} drives ({drives} drives on "
+          f"{layout.storage_nodes} nodes), {layout.set_drive_count - layout.parity} data + {layout.parity} parity",
+          flush=True)
     if generated:
         print(f"  generated root credentials (stored in {data / 'credentials.json'}):", flush=True)
         print(f"    access key: {user}\n    secret key: {password}", flush=True)

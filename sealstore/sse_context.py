@@ -38,3 +38,43 @@ def parse_context_json(text: str) -> dict[str, str]:
     except ValueError:
         raise errors.InvalidArgument("The encryption context is not valid JSON.") from None
     return validate_context(value)
+
+
+def go_path_clean(path: str) -> str:
+    """Go's path.Clean: lexical shortest equivalent ('.' for empty)."""
+    if path == "":
+        return "."
+    rooted = path.startswith("/")
+    parts: list[str] = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if parts and parts[-1] != "..":
+                parts.pop()
+            elif not rooted:
+                parts.append("..")
+            continue
+        parts.append(part)
+    cleaned = "/".join(parts)
+    if rooted:
+        return "/" + cleaned
+    return cleaned or "."
+
+
+def object_path(bucket: str, object_name: str) -> str:
+    """Go's path.Join(bucket, object): the canonical "bucket/object" bound into AAD and KEK."""
+    elements = [e for e in (bucket, object_name) if e]
+    if not elements:
+        return ""
+    return go_path_clean("/".join(elements))
+
+
+def kms_context(bucket: str, object_name: str, client_context: Mapping[str, str]) -> bytes:
+    """The AAD sent to the kms for an object's DEK (GenerateKey, Decrypt, ReWrap): the client
+    context plus {bucket: "bucket/object"} unless the client already used the bucket name as a
+    key. Shared so that the crypto worker and the rewrap walker bind to the same bytes."""
+    context = validate_context(client_context)
+    if bucket not in context:
+        context[bucket] = object_path(bucket, object_name)
+    return canonical_context_json(context).encode()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 from sealstore import errors
-from sealstore.erasure_set import ErasureSetClient
+from sealstore.erasure_set import ErasureSetClient, ErasureSets
 from sealstore.v1 import types_pb2
 from services.crypto import dare, erasure, keys
 from services.crypto.kms_client import KmsClient
@@ -174,9 +174,10 @@ class ObjectReader:
             raise errors.ObjectTampered(f"{self.meta.bucket}/{self.meta.key}: {remaining} bytes missing")
 
 
-async def open_object(store: ErasureSetClient, kms: KmsClient, bucket: str, key: str,
+async def open_object(store: ErasureSetClient | ErasureSets, kms: KmsClient, bucket: str, key: str,
                       requested: RangeRequest | None) -> ObjectReader:
     """Everything a GET needs before its first byte; raises the client-visible errors."""
+    store = store.set_for(bucket, key)
     outcomes = await store.meta_outcomes(bucket, key)
     metas = [o if isinstance(o, types_pb2.ObjectMeta) else None for o in outcomes]
     meta = store.quorum_version(metas)

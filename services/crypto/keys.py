@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import os
 from dataclasses import dataclass
 
 from sealstore import errors
-from sealstore.sse_context import canonical_context_json, parse_context_json, validate_context  # noqa: F401
+# The canonical form and the AAD live in the shared library: the gateway parses the same context and
+# the rewrap walker (sealstore/rewrap.py) must bind to the same AAD.
+from sealstore.sse_context import (canonical_context_json, go_path_clean, kms_context, object_path,  # noqa: F401
+                                   parse_context_json, validate_context)
 from services.crypto import dare
 
 SEAL_ALGORITHM = "DAREv2-HMAC-SHA256"
@@ -26,51 +28,6 @@ OEK_GENERATION_LABEL = b"object-encryption-key generation"
 IV_SIZE = 32
 KEY_SIZE = 32
 SEALED_KEY_SIZE = dare.HEADER_SIZE + KEY_SIZE + dare.TAG_SIZE
-
-
-# --- contexts ---------------------------------------------------------------------------
-
-# The canonical form lives in the shared library: the gateway parses the same context.
-_validate_context = validate_context
-
-
-def go_path_clean(path: str) -> str:
-    """Go's path.Clean: lexical shortest equivalent ('.' for empty)."""
-    if path == "":
-        return "."
-    rooted = path.startswith("/")
-    parts: list[str] = []
-    for part in path.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if parts and parts[-1] != "..":
-                parts.pop()
-            elif not rooted:
-                parts.append("..")
-            continue
-        parts.append(part)
-    cleaned = "/".join(parts)
-    if rooted:
-        return "/" + cleaned
-    return cleaned or "."
-
-
-def object_path(bucket: str, object_name: str) -> str:
-    """Go's path.Join(bucket, object): the canonical "bucket/object" bound into AAD and KEK."""
-    elements = [e for e in (bucket, object_name) if e]
-    if not elements:
-        return ""
-    return go_path_clean("/".join(elements))
-
-
-def kms_context(bucket: str, object_name: str, client_context: dict[str, str]) -> bytes:
-    """The AAD sent to the kms: the client context plus {bucket: "bucket/object"} unless the
-    client already used the bucket name as a key."""
-    context = dict(_validate_context(client_context))
-    if bucket not in context:
-        context[bucket] = object_path(bucket, object_name)
-    return canonical_context_json(context).encode()
 
 
 # --- key derivation ---------------------------------------------------------------------

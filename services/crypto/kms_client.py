@@ -27,6 +27,12 @@ class KmsClient:
 
     async def generate_key(self, name: str, context: bytes) -> tuple[bytes, bytes]:
         """(plaintext DEK, DEK ciphertext bound to `context`); KMSNotFound, KMSDisabled, ..."""
+        plaintext, ciphertext, _ = await self.generate_versioned_key(name, context)
+        return plaintext, ciphertext
+
+    async def generate_versioned_key(self, name: str, context: bytes) -> tuple[bytes, bytes, int]:
+        """As generate_key, plus the key version the ciphertext is under (stored in the envelope
+        so that `sealstore key rewrap` knows which objects are on an old version)."""
         try:
             reply = await self._stub.GenerateKey(kms_pb2.GenerateKeyRequest(name=name, context=context),
                                                  timeout=self._timeout)
@@ -34,7 +40,7 @@ class KmsClient:
             raise _typed(exc) from None
         if len(reply.plaintext) != 32:
             raise errors.KMSUnavailable(f"the kms returned a data key of the wrong size for key {name!r}")
-        return reply.plaintext, reply.ciphertext
+        return reply.plaintext, reply.ciphertext, reply.version
 
     async def decrypt(self, name: str, ciphertext: bytes, context: bytes) -> bytes:
         try:

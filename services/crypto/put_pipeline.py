@@ -21,7 +21,7 @@ from typing import AsyncIterator
 import xxhash
 
 from sealstore import errors
-from sealstore.erasure_set import ErasureSetClient
+from sealstore.erasure_set import ErasureSetClient, ErasureSets
 from sealstore.v1 import types_pb2
 from services.crypto import dare, erasure, keys
 from services.crypto.kms_client import KmsClient
@@ -112,7 +112,7 @@ async def _seal_new_object(kms: KmsClient, header: PutHeader, cipher: int) -> _S
     if not sse.key_name:
         raise errors.KMSInvalidKeyName("SSE-KMS needs a key name")
     aad = keys.kms_context(header.bucket, header.key, sse.context)
-    dek_plain, dek_ciphertext = await kms.generate_key(sse.key_name, aad)
+    dek_plain, dek_ciphertext, key_version = await kms.generate_versioned_key(sse.key_name, aad)
     dek = bytearray(dek_plain)
     del dek_plain
     try:
@@ -126,14 +126,15 @@ async def _seal_new_object(kms: KmsClient, header: PutHeader, cipher: int) -> _S
         format_version=ENVELOPE_FORMAT_VERSION, seal_algorithm=keys.SEAL_ALGORITHM,
         cipher=dare.CIPHER_NAMES[cipher], kms_key_name=sse.key_name, encrypted_dek=dek_ciphertext,
         sealed_oek=sealed, iv=iv, context_json=keys.canonical_context_json(sse.context) if sse.context else "",
-        domain=keys.DOMAIN_SSE_KMS)
+        domain=keys.DOMAIN_SSE_KMS, kms_key_version=key_version)
     return _Sealing(oek, envelope)
 
 
-async def put_object(store: ErasureSetClient, kms: KmsClient, header: PutHeader,
+async def put_object(store: ErasureSetClient | ErasureSets, kms: KmsClient, header: PutHeader,
                      body: AsyncIterator[bytes | BodyEnd], *,
                      cipher: int = dare.AES_256_GCM) -> types_pb2.ObjectMeta:
-    """Stores the object; returns its committed metadata."""
+    """Stores the object in its erasure set; returns its committed metadata."""
+    store = store.set_for(header.bucket, header.key)
     await store.get_bucket(header.bucket, for_write=True)
     sealing = await _seal_new_object(kms, header, cipher) if header.sse_kms is not None else None
     coder = erasure.StripeCoder(store.data_shards, store.parity_shards)

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from sealstore import config
-from sealstore.erasure_set import ErasureSetClient
+from sealstore import erasure_set
 from sealstore.rpc import aio_channel, build_server, configure_logging, run_server
 from sealstore.v1 import crypto_pb2_grpc
 from services.crypto import dare
@@ -42,13 +42,13 @@ async def serve(args: argparse.Namespace) -> None:
     data = (args.data_dir or config.data_dir()).resolve()
     topology = config.load_topology(data)
     certs = config.certs_dir(data)
-    store = ErasureSetClient(topology, certs, ROLE)
+    store = erasure_set.connect(topology, certs, ROLE)
     kms_channel = aio_channel(certs, ROLE, topology.kms)
     servicer = CryptoServicer(store, KmsClient(kms_channel), cipher=args.cipher_id)
     server = build_server(certs=certs, role=ROLE, listen=args.listen,
                           services=[(crypto_pb2_grpc.add_CryptoServiceServicer_to_server, servicer, SERVICE_NAME)])
-    log.info("crypto worker listening on %s; kms %s; erasure set of %d (%d+%d); cipher %s", args.listen,
-             topology.kms, len(topology.storage_set), topology.data_shards, topology.parity_shards,
+    log.info("crypto worker listening on %s; kms %s; %d erasure set(s) of %d (%d+%d); cipher %s", args.listen,
+             topology.kms, len(topology.storage_sets), topology.set_size, topology.data_shards, topology.parity_shards,
              dare.CIPHER_NAMES[args.cipher_id])
 
     async def close() -> None:

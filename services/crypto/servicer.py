@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import AsyncIterator
 
 from sealstore import errors
-from sealstore.erasure_set import ErasureSetClient
+from sealstore.erasure_set import ErasureSetClient, ErasureSets
 from sealstore.v1 import crypto_pb2, crypto_pb2_grpc
 from services.crypto import dare, keys
 from services.crypto.get_pipeline import RangeRequest, open_object
@@ -33,7 +33,7 @@ async def _body(requests) -> AsyncIterator[bytes | BodyEnd]:
 
 
 class CryptoServicer(crypto_pb2_grpc.CryptoServiceServicer):
-    def __init__(self, store: ErasureSetClient, kms: KmsClient, cipher: int = dare.AES_256_GCM):
+    def __init__(self, store: ErasureSetClient | ErasureSets, kms: KmsClient, cipher: int = dare.AES_256_GCM):
         self.store = store
         self.kms = kms
         self.cipher = cipher
@@ -42,8 +42,14 @@ class CryptoServicer(crypto_pb2_grpc.CryptoServiceServicer):
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("message") != "header":
             raise errors.InvalidRequest("PutObject must start with a header")
-        meta = await put_object(self.store, self.kms, _put_header(first.header), _body(request_iterator),
-                                cipher=self.cipher)
+        try:
+            meta = await put_object(self.store, self.kms, _put_header(first.header), _body(request_iterator),
+                                    cipher=self.cipher)
+        except errors.SealstoreError:
+            # Answer once the gateway has stopped sending: a call closed while the peer still
+            # writes reaches it as a generic transport error instead of this error.
+            await _drain(request_iterator)
+            raise
         return crypto_pb2.PutObjectResponse(meta=meta)
 
     async def GetObject(self, request, context):
@@ -58,3 +64,12 @@ class CryptoServicer(crypto_pb2_grpc.CryptoServiceServicer):
             is_range=reader.range.is_range))
         async for chunk in reader.chunks():
             yield crypto_pb2.GetObjectResponse(data=chunk)
+
+
+async def _drain(request_iterator) -> None:
+    """Reads and drops what is left of a client stream (ends quietly if the stream broke)."""
+    try:
+        async for _ in request_iterator:
+            pass
+    except Exception:
+        pass

@@ -1,4 +1,4 @@
-"""The gateway's gRPC peers: crypto workers (object data), kms (DescribeKey only), erasure set (metadata)."""
+"""The gateway's gRPC peers: crypto workers (object data), kms (DescribeKey only), erasure sets (metadata)."""
 from __future__ import annotations
 
 import itertools
@@ -20,14 +20,14 @@ bucket operations invalidate it at once, other gateways' changes show up within 
 
 class Backend:
     def __init__(self, topology: Topology, certs: Path):
-        from sealstore.erasure_set import ErasureSetClient  # written by the storage engineer
+        from sealstore.erasure_set import connect
 
         self._channels = [aio_channel(certs, ROLE, addr) for addr in topology.crypto]
         self._crypto = [crypto_pb2_grpc.CryptoServiceStub(ch) for ch in self._channels]
         self._next = itertools.cycle(range(len(self._crypto)))
         self._kms_channel = aio_channel(certs, ROLE, topology.kms)
         self.kms = kms_pb2_grpc.KeyServiceStub(self._kms_channel)
-        self.erasure = ErasureSetClient(topology, certs, ROLE)
+        self.erasure = connect(topology, certs, ROLE)  # routes objects to their erasure set
         self._buckets: dict[str, tuple[float, types_pb2.BucketInfo]] = {}
 
     def crypto(self) -> crypto_pb2_grpc.CryptoServiceStub:

@@ -78,9 +78,8 @@ def default_policy(identities: dict[str, str]) -> dict:
     """The default policy.json for a cluster whose role identities are `identities`
     (as `sealstore.tls.role_identities` returns them).
 
-    The gateway manages keys but can never see a data key; the crypto worker only
-    generates and decrypts data keys. Both may ReWrap (it returns no plaintext), which the
-    object-side rewrap walker needs.
+    The gateway manages keys but can never see or re-wrap a data key; the crypto worker only
+    generates and decrypts data keys (and may re-wrap them). The rewrap walker runs as admin.
     """
     return {
         "admin": identities["admin"],
@@ -88,8 +87,8 @@ def default_policy(identities: dict[str, str]) -> dict:
             "gateway": {
                 "allow": [resource(m, "*") for m in ("CreateKey", "ImportKey", "DescribeKey", "ListKeys",
                                                       "DeleteKey", "DisableKey", "EnableKey", "CancelKeyDeletion",
-                                                      "RotateKey", "SetMinVersion", "ReWrap", "Status")],
-                "deny": [resource("GenerateKey", "*"), resource("Decrypt", "*")],
+                                                      "RotateKey", "SetMinVersion", "Status")],
+                "deny": [resource("GenerateKey", "*"), resource("Decrypt", "*"), resource("ReWrap", "*")],
             },
             "crypto": {
                 "allow": [resource(m, "*") for m in ("GenerateKey", "Decrypt", "ReWrap", "DescribeKey", "Status")],

@@ -336,6 +336,23 @@ class Drive:
             self._remove_shard(obj_dir, previous.data_id)
             _fsync_dir(obj_dir)
 
+    def update_encryption(self, bucket: str, key: str, expect_data_id: str, encrypted_dek: bytes,
+                          kms_key_version: int) -> None:
+        """Key rewrap: replaces only the encrypted DEK and its key version in meta.json (atomic
+        rewrite, shard untouched), if the current version is `expect_data_id`, else
+        PreconditionFailed (a concurrent PUT or DELETE wins)."""
+        obj_dir = self._object_dir(bucket, key)
+        current = self._read_meta(obj_dir)
+        if current is None or current.data_id != expect_data_id:
+            raise errors.PreconditionFailed(
+                f"{bucket}/{key} changed on this drive while its key was rewrapped "
+                f"(now {current.data_id if current is not None else 'absent'}, expected {expect_data_id})")
+        if not current.HasField("encryption"):
+            raise errors.InvalidRequest(f"{bucket}/{key} is not encrypted with SSE-KMS")
+        current.encryption.encrypted_dek = encrypted_dek
+        current.encryption.kms_key_version = kms_key_version
+        write_file_atomic(obj_dir / "meta.json", _to_json(current), mode=0o644)
+
     def check_shard(self, bucket: str, key: str, deep: bool = False) -> storage_pb2.CheckShardResponse:
         """This drive's copy of one object, for healing; removes orphan shard files of the key.
 

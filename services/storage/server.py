@@ -34,7 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="the cluster's deployment id; with it every drive gets a format file, and a drive "
                         "of another deployment or slot is refused")
     p.add_argument("--set-slots", default="",
-                   help="comma-separated member index in the erasure set of each drive (with --deployment-id)")
+                   help="comma-separated slot of each drive (with --deployment-id): its member index in the "
+                        "erasure set, or set:member")
     p.add_argument("--set-index", type=int, default=0, help="index of the erasure set the drives belong to")
     args = p.parse_args(argv)
     if args.deployment_id and len(args.set_slots.split(",")) != len(args.drives.split(",")):
@@ -42,12 +43,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def _identity(deployment_id: str, default_set: int, slot: str) -> DriveIdentity:
+    set_index, _, member = slot.strip().rpartition(":")
+    return DriveIdentity(deployment_id, int(set_index) if set_index else default_set, int(member))
+
+
 def build(args: argparse.Namespace):
     drives = [Path(d.strip()).resolve() for d in args.drives.split(",") if d.strip()]
     identities = None
     if args.deployment_id:
-        identities = [DriveIdentity(args.deployment_id, args.set_index, int(slot))
-                      for slot in args.set_slots.split(",")]
+        identities = [_identity(args.deployment_id, args.set_index, slot) for slot in args.set_slots.split(",")]
     node = Node(args.node_id or args.listen, drives, identities)
     server = build_server(
         certs=config.certs_dir(args.data_dir.resolve()), role=ROLE, listen=args.listen,

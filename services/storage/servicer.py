@@ -115,6 +115,11 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
                 result.state, result.detail = storage_pb2.CheckShardResponse.SHARD_CORRUPT, problem
         return result
 
+    async def UpdateObjectEncryption(self, request, context):
+        self.node.drive(request.drive).update_encryption(request.bucket, request.key, request.expect_data_id,
+                                                         request.encrypted_dek, request.kms_key_version)
+        return types_pb2.Empty()
+
     async def NodeStatus(self, request, context):
         return storage_pb2.NodeStatusResponse(
             node_id=self.node.node_id, drives=[str(d.root) for d in self.node.all_drives],

@@ -87,7 +87,8 @@ def test_kms_refuses_data_keys_to_the_gateway(cluster):
     gateway.CreateKey(kms_pb2.CreateKeyRequest(name=key_name))  # managing keys is allowed
     assert gateway.DescribeKey(kms_pb2.KeyRequest(name=key_name)).name == key_name
     for call, request in ((gateway.GenerateKey, kms_pb2.GenerateKeyRequest(name=key_name, context=b"{}")),
-                          (gateway.Decrypt, kms_pb2.DecryptRequest(name=key_name, ciphertext=b"x" * 76))):
+                          (gateway.Decrypt, kms_pb2.DecryptRequest(name=key_name, ciphertext=b"x" * 76)),
+                          (gateway.ReWrap, kms_pb2.ReWrapRequest(name=key_name, ciphertext=b"x" * 76))):
         with pytest.raises(grpc.RpcError) as exc:
             call(request)
         assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED

@@ -25,14 +25,16 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture
 def make_cluster(tmp_path):
-    """make_cluster(nodes=6, drives=1, parity=2): a cluster of the test's own."""
+    """make_cluster(nodes=6, drives=1, parity=2, set_size=0): a cluster of the test's own."""
     made: list[RunningCluster] = []
 
-    def make(nodes: int = 4, drives: int = 1, parity: int = 0) -> RunningCluster:
+    def make(nodes: int = 4, drives: int = 1, parity: int = 0, set_size: int = 0) -> RunningCluster:
         env = {"SEALSTORE_KEEP_GOING": "1", "SEALSTORE_STORAGE_NODES": str(nodes),
                "SEALSTORE_DRIVES_PER_NODE": str(drives)}
         if parity:
             env["SEALSTORE_PARITY"] = str(parity)
+        if set_size:
+            env["SEALSTORE_SET_DRIVE_COUNT"] = str(set_size)
         root = tmp_path / f"c{len(made)}"
         root.mkdir()
         c = start_cluster(root, extra_env=env, storage_nodes=nodes)

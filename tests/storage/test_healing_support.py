@@ -34,6 +34,8 @@ def test_a_new_drive_gets_its_format_file(tmp_path):
 @pytest.mark.parametrize("identity,state,words", [
     (DriveIdentity("deployment-b", 0, 2), "foreign", "belongs to deployment deployment-a"),
     (DriveIdentity("deployment-a", 0, 3), "misplaced", "is drive 2 of set 0"),
+    # Same drive index in another erasure set: still the wrong slot.
+    (DriveIdentity("deployment-a", 1, 2), "misplaced", "mounted as drive 2 of set 1"),
 ])
 def test_a_foreign_or_misplaced_drive_is_refused_and_never_written(tmp_path, identity, state, words):
     d = Drive(tmp_path / "d", ME)
@@ -113,3 +115,12 @@ def test_conditional_commit_replaces_a_corrupt_shard_but_never_a_newer_version(t
     upload(d, "u4", "bkt", [b"a"])
     with pytest.raises(errors.InvalidArgument):
         d.commit_object("u4", meta_for("bkt", "k", "v9", [b"a"]))
+
+
+def test_set_slots_name_the_set_of_each_drive():
+    from services.storage.server import parse_args, _identity
+    args = parse_args(["--listen", "127.0.0.1:1", "--data-dir", "/tmp", "--drives", "/a,/b",
+                       "--deployment-id", "dep", "--set-slots", "0:3,1:3"])
+    assert [_identity(args.deployment_id, args.set_index, s) for s in args.set_slots.split(",")] == [
+        DriveIdentity("dep", 0, 3), DriveIdentity("dep", 1, 3)]
+    assert _identity("dep", 2, "1") == DriveIdentity("dep", 2, 1)  # a plain member index: --set-index's set
