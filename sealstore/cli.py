@@ -26,17 +26,6 @@ def _fail(message: str) -> int:
     return 1
 
 
-# ---------------------------------------------------------------- keys (kms over gRPC, admin identity)
-
-def _kms_stub():
-    from sealstore import rpc
-    from sealstore.v1 import kms_pb2_grpc
-    data = config.data_dir()
-    topology = config.load_topology(data)
-    channel = rpc.sync_channel(config.certs_dir(data), "admin", topology.kms)
-    return kms_pb2_grpc.KeyServiceStub(channel)
-
-
 # ---------------------------------------------------------------- bucket encryption (S3 API, like mc encrypt)
 
 def _s3_credentials(data: Path) -> tuple[str, str]:
@@ -138,7 +127,7 @@ def cmd_status(args) -> int:
                 channel.close()
         print(f"{service['name']:<10} {service['role']:<8} {service['address']:<22} pid {service.get('pid')}  {state}")
     try:
-        status = _kms_stub().Status(kms_pb2.StatusRequest(), timeout=3)
+        status = cli_keys.kms_stub().Status(kms_pb2.StatusRequest(), timeout=3)
         print(f"kms: keystore {status.keystore}, {status.key_count} keys, up {status.uptime_seconds:.0f}s")
     except grpc.RpcError as exc:
         print(f"kms status: {errors.from_rpc_error(exc).message}")
