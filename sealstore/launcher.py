@@ -24,6 +24,8 @@ ENV_STORAGE_NODES = "SEALSTORE_STORAGE_NODES"
 ENV_DRIVES_PER_NODE = "SEALSTORE_DRIVES_PER_NODE"
 ENV_BASE_PORT = "SEALSTORE_BASE_PORT"
 ENV_CRYPTO_CIPHER = "SEALSTORE_CIPHER"
+ENV_KES_ADDR = "SEALSTORE_KES_ADDR"
+"""host:port for the kms's KES-compatible HTTPS API (off when unset), for MinIO's MINIO_KMS_KES_ENDPOINT."""
 ENV_KEEP_GOING = "SEALSTORE_KEEP_GOING"
 """1: a child that exits is reported but the others keep running (failure tests restart it
 themselves from the `argv` recorded in cluster.json); default: the whole cluster stops."""
@@ -148,7 +150,8 @@ def plan_services(data: Path, layout: Layout, deployment_id: str = "") -> tuple[
     consecutive shards of a stripe land on different nodes."""
     set_size = layout.set_drive_count or layout.storage_nodes * layout.drives_per_node
     host = "127.0.0.1"
-    services = [Service("kms", "kms", f"{host}:{layout.base_port + 1}", [])]
+    kes = os.environ.get(ENV_KES_ADDR)
+    services = [Service("kms", "kms", f"{host}:{layout.base_port + 1}", ["--kes-listen", kes] if kes else [])]
     storage: list[Service] = []
     for node in range(layout.storage_nodes):
         drives = [str(data / "drives" / f"node{node + 1}" / f"drive{d + 1}") for d in range(layout.drives_per_node)]
