@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,13 +16,7 @@ from sealstore import rpc
 from sealstore.tls import ensure_dev_pki
 from sealstore.v1 import kms_pb2_grpc
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.kms.kes_harness import REPO, free_port  # noqa: E402  (one definition for the kms tests)
 
 
 @dataclass
