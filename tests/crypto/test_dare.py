@@ -11,8 +11,8 @@ import pytest
 from sealstore import errors
 from services.crypto import dare
 
-# minio/sio golden vectors, from the shared reference folder that sits beside the repository.
-VECTORS = json.loads((Path(__file__).resolve().parents[3] / "shared" / "reference" / "vectors" / "dare-v20.json").read_text())
+# minio/sio golden vectors (provenance: tests/crypto/vectors/PROVENANCE.md).
+VECTORS = json.loads((Path(__file__).resolve().parent / "vectors" / "dare-v20.json").read_text())
 KEY = bytes.fromhex(VECTORS["key_hex"])
 RANDOM = bytes.fromhex(VECTORS["random_value_hex"])
 P = dare.MAX_PAYLOAD

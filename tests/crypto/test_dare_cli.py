@@ -12,8 +12,8 @@ import pytest
 from services.crypto import dare, dare_cli
 
 REPO = Path(__file__).resolve().parents[2]
-# minio/sio golden vectors, from the shared reference folder that sits beside the repository.
-VECTORS = json.loads((Path(__file__).resolve().parents[3] / "shared" / "reference" / "vectors" / "dare-v20.json").read_text())
+# minio/sio golden vectors (provenance: tests/crypto/vectors/PROVENANCE.md).
+VECTORS = json.loads((Path(__file__).resolve().parent / "vectors" / "dare-v20.json").read_text())
 
 
 def run_cli(*args: str, input: bytes) -> subprocess.CompletedProcess:
