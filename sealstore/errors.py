@@ -67,6 +67,9 @@ _TABLE = [
      "You did not provide the number of bytes specified by the Content-Length HTTP header."),
     ("MissingContentLength", "MissingContentLength", 411, SC.INVALID_ARGUMENT, "You must provide the Content-Length HTTP header."),
     ("EntityTooLarge", "EntityTooLarge", 400, SC.INVALID_ARGUMENT, "Your proposed upload exceeds the maximum allowed object size."),
+    ("MaxMessageLengthExceeded", "MaxMessageLengthExceeded", 400, SC.INVALID_ARGUMENT, "Your request was too big."),
+    ("RequestTimeout", "RequestTimeout", 400, SC.INVALID_ARGUMENT,
+     "Your socket connection to the server was not read from or written to within the timeout period."),
     ("MalformedXML", "MalformedXML", 400, SC.INVALID_ARGUMENT,
      "The XML you provided was not well-formed or did not validate against our published schema."),
     ("PreconditionFailed", "PreconditionFailed", 412, SC.FAILED_PRECONDITION,
@@ -130,6 +133,8 @@ IncompleteBody = ERRORS_BY_NAME["IncompleteBody"]
 MissingContentLength = ERRORS_BY_NAME["MissingContentLength"]
 EntityTooLarge = ERRORS_BY_NAME["EntityTooLarge"]
 MalformedXML = ERRORS_BY_NAME["MalformedXML"]
+MaxMessageLengthExceeded = ERRORS_BY_NAME["MaxMessageLengthExceeded"]
+RequestTimeout = ERRORS_BY_NAME["RequestTimeout"]
 InvalidRange = ERRORS_BY_NAME["InvalidRange"]
 PreconditionFailed = ERRORS_BY_NAME["PreconditionFailed"]
 MethodNotAllowed = ERRORS_BY_NAME["MethodNotAllowed"]

@@ -19,6 +19,22 @@ from .body import ChunkChain
 
 MAX_SKEW_SECONDS = 15 * 60
 MAX_PRESIGN_EXPIRES = 7 * 24 * 3600
+NOT_SIGNED = "There were headers present in the request which were not signed"
+
+
+def require_signed(hmap: dict[str, list[str]], signed: tuple[str, ...]) -> None:
+    """As S3: `host` and every `x-amz-*` header present must be covered by the signature.
+
+    Otherwise a presigned URL or a captured request could be replayed with an added
+    x-amz-server-side-encryption-aws-kms-key-id (or any other x-amz-* header) or sent to
+    another virtual-host bucket, and the gateway would act on headers nobody signed.
+    """
+    covered = set(signed)
+    unsigned = sorted(name for name in hmap if (name == "host" or name.startswith("x-amz-")) and name not in covered)
+    if "host" not in covered and "host" not in unsigned:
+        unsigned.insert(0, "host")
+    if unsigned:
+        raise errors.AccessDenied(f"{NOT_SIGNED}: {', '.join(unsigned)}")
 
 
 @dataclass(frozen=True)
@@ -97,6 +113,9 @@ class Authenticator:
         pairs = sigv4.parse_query(raw_query)
         authorization = (hmap.get("authorization") or [""])[0]
         if authorization:
+            if any(k in ("X-Amz-Signature", "X-Amz-Credential", "X-Amz-Algorithm") for k, _ in pairs):
+                raise errors.InvalidArgument("Only one auth mechanism allowed; only the X-Amz-Algorithm query "
+                                             "parameter or the Authorization header should be specified")
             return self._header_auth(method, raw_path, pairs, hmap, authorization)
         if any(k == "X-Amz-Signature" or k == "X-Amz-Credential" for k, _ in pairs):
             return self._query_auth(method, raw_path, pairs, hmap)
@@ -152,7 +171,10 @@ class Authenticator:
         _check_credential(parsed.credential, amz_date, errors.AuthorizationHeaderMalformed)
         self.credentials.secret_for(parsed.credential.access_key)
         self._check_skew(amz_date)
-        payload_hash = (hmap.get("x-amz-content-sha256") or [sigv4.EMPTY_SHA256])[0].strip()
+        if "x-amz-content-sha256" not in hmap:
+            raise errors.InvalidRequest("Missing required header for this request: x-amz-content-sha256")
+        require_signed(hmap, parsed.signed_headers)
+        payload_hash = hmap["x-amz-content-sha256"][0].strip()
         key = self._verify(method, raw_path, sigv4.canonical_query(pairs), hmap, parsed.signed_headers,
                            payload_hash, amz_date, parsed.credential, parsed.signature)
         chain = None
@@ -188,6 +210,7 @@ class Authenticator:
         payload_hash = q.get("X-Amz-Content-Sha256", sigv4.UNSIGNED_PAYLOAD)
         query = sigv4.canonical_query([(k, v) for k, v in pairs if k != "X-Amz-Signature"])
         signed = tuple(q["X-Amz-SignedHeaders"].split(";"))
+        require_signed(hmap, signed)
         self._verify(method, raw_path, query, hmap, signed, payload_hash, amz_date, credential,
                      q["X-Amz-Signature"])
         return Identity(credential.access_key, payload_hash, None, presigned=True)

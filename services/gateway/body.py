@@ -27,11 +27,17 @@ log = logging.getLogger(__name__)
 PIECE = 1 << 20
 """Largest piece handed to the caller (~ one gRPC message)."""
 MAX_CHUNK_HEADER = 4096
+MAX_CHUNK_SIZE = 16 << 20
+"""Largest aws-chunked chunk accepted (SDKs send 64 KiB to 8 MiB); bounds what one chunk can cost."""
+DEFAULT_READ_TIMEOUT = 60.0
+# A chunk size is 1-16 hex digits, nothing else: no sign, no spaces, no 0x (int(x, 16) takes all three).
+_CHUNK_SIZE = re.compile(rb"[0-9a-fA-F]{1,16}")
 
 # x-amz-checksum-<name>: how to compute it here (None: we cannot, so we accept it unchecked).
 _CHECKSUMS = {"crc32": "crc32", "sha1": "sha1", "sha256": "sha256", "sha512": "sha512",
               "crc32c": None, "crc64nvme": None}
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+_DECIMAL = re.compile(r"[0-9]{1,19}")
 
 
 class Reader(Protocol):
@@ -140,8 +146,10 @@ class Body:
     """One request body: `async for piece in body.pieces()` yields decoded bytes, then `finish()` checks."""
 
     def __init__(self, reader: Reader, *, length: int, checks: PayloadChecks,
-                 chunked: bool = False, chain: ChunkChain | None = None, trailer: bool = False):
+                 chunked: bool = False, chain: ChunkChain | None = None, trailer: bool = False,
+                 read_timeout: float = DEFAULT_READ_TIMEOUT):
         self.reader = reader
+        self.read_timeout = read_timeout
         self.length = length
         self.checks = checks
         self.chunked = chunked
@@ -184,9 +192,17 @@ class Body:
             self.checks.update(piece)
             yield piece
 
+    async def _read(self, operation, *args) -> bytes:
+        """One read from the client, which must make progress within read_timeout."""
+        try:
+            async with asyncio.timeout(self.read_timeout):
+                return await operation(*args)
+        except TimeoutError:
+            raise errors.RequestTimeout() from None
+
     async def _plain(self) -> AsyncIterator[bytes]:
         while self.received < self.length:
-            piece = await self.reader.read(min(PIECE, self.length - self.received))
+            piece = await self._read(self.reader.read, min(PIECE, self.length - self.received))
             if not piece:
                 raise errors.IncompleteBody()
             self.received += len(piece)
@@ -195,7 +211,7 @@ class Body:
 
     async def _line(self) -> bytes:
         try:
-            line = await self.reader.readline()
+            line = await self._read(self.reader.readline)
         except ValueError:
             raise errors.IncompleteBody("aws-chunked line too long") from None
         if not line.endswith(b"\r\n"):
@@ -206,25 +222,13 @@ class Body:
 
     async def _exactly(self, n: int) -> bytes:
         try:
-            return await self.reader.readexactly(n)
+            return await self._read(self.reader.readexactly, n)
         except asyncio.IncompleteReadError:
             raise errors.IncompleteBody() from None
 
     async def _decoded(self) -> AsyncIterator[bytes]:
         while True:
-            header = await self._line()
-            size_text, _, extension = header.partition(b";")
-            try:
-                size = int(size_text.strip(), 16)
-            except ValueError:
-                raise errors.IncompleteBody("malformed aws-chunked chunk header") from None
-            claimed = ""
-            if extension:
-                name, _, value = extension.decode("latin-1").partition("=")
-                if name.strip() == "chunk-signature":
-                    claimed = value.strip()
-            if self.chain is not None and not claimed:
-                raise errors.SignatureDoesNotMatch("chunk without chunk-signature")
+            size, claimed = self._chunk_header(await self._line())
             if self.received + size > self.length:
                 raise errors.IncompleteBody("aws-chunked body longer than x-amz-decoded-content-length")
             digest = hashlib.sha256() if self.chain is not None else None
@@ -245,7 +249,29 @@ class Body:
         await self._read_trailers()
         if self.received != self.length:
             raise errors.IncompleteBody()
+        if await self._read(self.reader.read, 1):
+            raise errors.IncompleteBody("data after the final aws-chunked chunk")
         self._complete = True
+
+    def _chunk_header(self, header: bytes) -> tuple[int, str]:
+        """`<hex size>[;chunk-signature=<64 hex>]` -> (size, claimed signature or '')."""
+        size_text, sep, extension = header.partition(b";")
+        if not _CHUNK_SIZE.fullmatch(size_text):
+            raise errors.IncompleteBody("malformed aws-chunked chunk size")
+        size = int(size_text, 16)
+        if size > MAX_CHUNK_SIZE:
+            raise errors.InvalidRequest(f"aws-chunked chunk larger than {MAX_CHUNK_SIZE} bytes")
+        claimed = ""
+        if sep:
+            name, eq, value = extension.partition(b"=")
+            if name != b"chunk-signature" or not eq:
+                raise errors.IncompleteBody("malformed aws-chunked chunk extension")
+            claimed = value.decode("latin-1")
+            if not _HEX64.match(claimed):
+                raise errors.SignatureDoesNotMatch("malformed chunk-signature")
+        if self.chain is not None and not claimed:
+            raise errors.SignatureDoesNotMatch("chunk without chunk-signature")
+        return size, claimed
 
     async def _read_trailers(self) -> None:
         trailers: list[tuple[str, str]] = []
@@ -279,7 +305,7 @@ class Body:
     async def read_all(self, limit: int) -> bytes:
         """The whole (small) body, verified; for XML request bodies."""
         if self.length > limit:
-            raise errors.MalformedXML(f"request body larger than {limit} bytes")
+            raise errors.MaxMessageLengthExceeded(f"Your request was too big (more than {limit} bytes).")
         parts = []
         async for piece in self.pieces():
             parts.append(piece)
@@ -325,17 +351,15 @@ def _int_header(headers: Mapping[str, str], name: str) -> int | None:
     value = headers.get(name)
     if value is None:
         return None
-    try:
-        number = int(value)
-    except ValueError:
-        raise errors.InvalidArgument(f"{name} must be a number") from None
-    if number < 0:
-        raise errors.InvalidArgument(f"{name} must not be negative")
-    return number
+    # ASCII digits only: int() would also take signs, spaces, underscores and non-ASCII digits.
+    if not _DECIMAL.fullmatch(value.strip()):
+        raise errors.InvalidArgument(f"{name} must be a non-negative decimal number")
+    return int(value.strip())
 
 
 def body_from_request(reader: Reader, headers: Mapping[str, str], payload_hash: str,
-                      chain: ChunkChain | None, *, max_size: int = MAX_OBJECT_SIZE) -> Body:
+                      chain: ChunkChain | None, *, max_size: int = MAX_OBJECT_SIZE,
+                      read_timeout: float = DEFAULT_READ_TIMEOUT) -> Body:
     """A Body for a request, from its headers and the payload hash that authentication settled.
 
     `payload_hash` is what x-amz-content-sha256 (or the presigned default) said: a hex digest,
@@ -376,4 +400,4 @@ def body_from_request(reader: Reader, headers: Mapping[str, str], payload_hash: 
     chunked = streaming or "aws-chunked" in encodings
     return Body(reader, length=length, checks=checks, chunked=chunked,
                 chain=chain if payload_hash in (sigv4.STREAMING_PAYLOAD, sigv4.STREAMING_PAYLOAD_TRAILER) else None,
-                trailer=trailer)
+                trailer=trailer, read_timeout=read_timeout)

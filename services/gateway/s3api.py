@@ -24,7 +24,8 @@ from sealstore.v1 import crypto_pb2, types_pb2
 from . import s3xml, sse
 from .auth import Authenticator, Identity
 from .backend import Backend
-from .body import body_from_request
+from .body import MAX_OBJECT_SIZE, body_from_request
+from .limits import FailedAuthThrottle, Limits
 
 log = logging.getLogger(__name__)
 
@@ -91,19 +92,28 @@ def _check_conditions(request: web.Request, meta: types_pb2.ObjectMeta) -> None:
         raise NotModified()
 
 
+INT64_MAX = (1 << 63) - 1
+_RANGE = re.compile(r"[ \t]*bytes[ \t]*=[ \t]*([0-9]*)[ \t]*-[ \t]*([0-9]*)[ \t]*")
+
+
 def parse_range(value: str | None) -> crypto_pb2.ByteRange | None:
-    """`bytes=a-b`, `bytes=a-`, `bytes=-n`; anything else (or several ranges) means the whole object, as S3."""
+    """`bytes=a-b`, `bytes=a-`, `bytes=-n`; anything else (or several ranges) means the whole object, as S3.
+
+    Positions beyond int64 are clamped, not rejected: no object is that large, so a first byte
+    there is simply unsatisfiable (416 from the worker) and a last byte or suffix there means
+    "to the end" / "all of it", exactly what the unclamped number would mean.
+    """
     if not value:
         return None
-    m = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", value)
+    m = _RANGE.fullmatch(value)
     if not m or (not m.group(1) and not m.group(2)):
         return None
     first, last = m.group(1), m.group(2)
     if not first:
-        return crypto_pb2.ByteRange(suffix_length=int(last), is_suffix=True)
+        return crypto_pb2.ByteRange(suffix_length=min(int(last), INT64_MAX), is_suffix=True)
     if last and int(last) < int(first):
         return None
-    return crypto_pb2.ByteRange(first=int(first), last=int(last) if last else -1)
+    return crypto_pb2.ByteRange(first=min(int(first), INT64_MAX), last=min(int(last), INT64_MAX) if last else -1)
 
 
 def object_headers(meta: types_pb2.ObjectMeta) -> dict[str, str]:
@@ -143,11 +153,14 @@ def _rpc(e: grpc.RpcError) -> errors.SealstoreError:
 
 
 class S3Api:
-    def __init__(self, authenticator: Authenticator, backend_factory, domains: tuple[str, ...] = ()):
+    def __init__(self, authenticator: Authenticator, backend_factory, domains: tuple[str, ...] = (),
+                 limits: Limits | None = None):
         self.authenticator = authenticator
         self._backend_factory = backend_factory
         self._backend: Backend | None = None
         self.domains = domains
+        self.limits = limits or Limits()
+        self.throttle = FailedAuthThrottle(self.limits.auth_fail_burst, self.limits.auth_fail_rate)
 
     @property
     def backend(self) -> Backend:
@@ -178,9 +191,45 @@ class S3Api:
             query.setdefault(name, value)
         return Target(bucket, key, query)
 
+    def precheck(self, request: web.Request) -> None:
+        """Checks that need no body and no authentication: a declared size too large is refused
+        before a single body byte is read (or 100-continue is sent)."""
+        headers = request.headers
+        for name in ("Content-Length", "x-amz-decoded-content-length"):
+            value = headers.get(name)
+            if value is None:
+                continue
+            value = value.strip()
+            if not value.isascii() or not value.isdigit():
+                raise errors.InvalidArgument(f"{name} must be a non-negative decimal number")
+            if len(value) > 19 or int(value) > MAX_OBJECT_SIZE + self._framing_allowance(headers, name):
+                raise errors.EntityTooLarge()
+
+    @staticmethod
+    def _framing_allowance(headers, name: str) -> int:
+        """aws-chunked framing adds ~90 bytes per chunk to Content-Length; 8 KiB chunks are the smallest S3 allows."""
+        if name == "Content-Length" and "x-amz-decoded-content-length" in headers:
+            return (MAX_OBJECT_SIZE // 8192 + 2) * 180
+        return 0
+
+    def _authenticate(self, request: web.Request, raw_path: str, raw_query: str) -> Identity:
+        address = request.remote or "?"
+        if not self.throttle.allow(address):
+            err = errors.SlowDown("Too many failed authentications from your address; slow down.")
+            err.logged = True
+            raise err
+        try:
+            return self.authenticator.authenticate(request.method, raw_path, raw_query, request.headers.items())
+        except errors.SealstoreError as err:
+            if err.http_status < 500:
+                self.throttle.failed(address, f"{err.code}: {err.message[:200]}")
+                err.logged = True  # the throttle logs each burst once, not each request
+            raise
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.precheck(request)
         raw_path, _, raw_query = request.raw_path.partition("?")
-        identity = self.authenticator.authenticate(request.method, raw_path, raw_query, request.headers.items())
+        identity = self._authenticate(request, raw_path, raw_query)
         t = self.target(request)
         method = request.method
         unsupported = UNSUPPORTED_SUBRESOURCES.intersection(t.query)
@@ -229,9 +278,10 @@ class S3Api:
         buckets = await self.backend.erasure.list_buckets()
         return _xml(s3xml.list_buckets((b.name, b.created_ns) for b in buckets))
 
-    async def _small_body(self, request: web.Request, identity: Identity) -> bytes:
-        body = body_from_request(request.content, request.headers, identity.payload_hash, identity.chain)
-        return await body.read_all(s3xml.MAX_XML_BODY)
+    async def _small_body(self, request: web.Request, identity: Identity, limit: int = s3xml.MAX_CONFIG_XML) -> bytes:
+        body = body_from_request(request.content, request.headers, identity.payload_hash, identity.chain,
+                                 read_timeout=self.limits.body_timeout)
+        return await body.read_all(limit)
 
     async def create_bucket(self, request: web.Request, identity: Identity, t: Target) -> web.Response:
         validate_bucket_name(t.bucket)
@@ -254,7 +304,12 @@ class S3Api:
                 raise errors.NotImplementedS3("SSE-S3 (AES256) bucket default encryption is not supported yet; use aws:kms")
             await self.backend.erasure.get_bucket(t.bucket)
             name = sse.normalize_key_id(rule.kms_master_key_id)
-            await self.backend.describe_key(name)  # KMS.NotFoundException if it does not exist
+            key = await self.backend.describe_key(name)  # KMS.NotFoundException if it does not exist
+            if not key.enabled:
+                # A default no PUT could use: refused now rather than at every upload.
+                if key.deletion_ns:
+                    raise errors.KMSPendingDeletion(f"The KMS key {name!r} is pending deletion.")
+                raise errors.KMSDisabled(f"The KMS key {name!r} is disabled.")
             await self.backend.erasure.set_bucket_encryption(
                 t.bucket, types_pb2.BucketEncryption(sse_algorithm=rule.sse_algorithm,
                                                      kms_master_key_id=rule.kms_master_key_id))
@@ -335,7 +390,7 @@ class S3Api:
             last = max(last, entries[-1].key)
 
     async def delete_objects(self, request: web.Request, identity: Identity, t: Target) -> web.Response:
-        keys, quiet = s3xml.parse_delete_objects(await self._small_body(request, identity))
+        keys, quiet = s3xml.parse_delete_objects(await self._small_body(request, identity, self.limits.max_xml_body))
         await self.backend.bucket(t.bucket)
         deleted, failed = [], []
         for key in keys:
@@ -354,7 +409,8 @@ class S3Api:
         if "x-amz-copy-source" in headers:
             raise errors.NotImplementedS3("CopyObject is not implemented")
         requested = sse.requested_encryption(headers)  # header errors before any backend call
-        body = body_from_request(request.content, headers, identity.payload_hash, identity.chain)
+        body = body_from_request(request.content, headers, identity.payload_hash, identity.chain,
+                                 read_timeout=self.limits.body_timeout)
         info = await self.backend.bucket(t.bucket)
         if requested is None:
             requested = sse.resolve_put_encryption(headers, info.encryption if info.HasField("encryption") else None)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import xml.etree.ElementTree as ET
+from xml.parsers import expat
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -14,7 +15,10 @@ from sealstore import errors
 
 NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 _DECL = b'<?xml version="1.0" encoding="UTF-8"?>\n'
-MAX_XML_BODY = 1 << 20
+MAX_XML_BODY = 16 << 20
+"""Hard cap of any XML body parsed here; callers refuse far smaller bodies before reading them."""
+MAX_CONFIG_XML = 64 << 10
+"""Bucket configuration documents (CreateBucketConfiguration, ServerSideEncryptionConfiguration) are tiny."""
 OWNER_ID = "02d6176db174dc93cb1b899f7c6078f08654445fe8cf1b6ce98d8855f66bdbf4"
 OWNER_NAME = "sealstore"
 
@@ -144,12 +148,31 @@ def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
-def _parse(body: bytes) -> ET.Element:
-    if len(body) > MAX_XML_BODY:
-        raise errors.MalformedXML("XML body larger than 1 MiB")
+class _Forbidden(Exception):
+    pass
+
+
+def _refuse_dtd(*_args) -> None:
+    raise _Forbidden("DTDs and entity declarations are not allowed in S3 request bodies")
+
+
+def _parse(body: bytes, limit: int = MAX_XML_BODY) -> ET.Element:
+    """Parses a request body with expat, refusing any DTD: S3 documents never need one, and
+    entity declarations are how XML bombs and external-entity reads start."""
+    if len(body) > limit:
+        raise errors.MalformedXML(f"XML body larger than {limit} bytes")
+    # ElementTree's C parser hides its expat handlers, so a plain expat pass looks for a DTD first.
+    scan = expat.ParserCreate()
+    scan.StartDoctypeDeclHandler = _refuse_dtd
+    scan.EntityDeclHandler = _refuse_dtd
+    scan.UnparsedEntityDeclHandler = _refuse_dtd
+    scan.ExternalEntityRefHandler = _refuse_dtd
     try:
+        scan.Parse(body, True)
         return ET.fromstring(body)
-    except ET.ParseError:
+    except _Forbidden as e:
+        raise errors.MalformedXML(str(e)) from None
+    except (expat.ExpatError, ET.ParseError, ValueError, UnicodeError, RecursionError):
         raise errors.MalformedXML() from None
 
 
@@ -168,7 +191,7 @@ def parse_create_bucket(body: bytes) -> str:
     """CreateBucketConfiguration's LocationConstraint ('' when absent or the body is empty)."""
     if not body.strip():
         return ""
-    root = _parse(body)
+    root = _parse(body, MAX_CONFIG_XML)
     if _local(root.tag) != "CreateBucketConfiguration":
         raise errors.MalformedXML()
     return (_text(root, "LocationConstraint") or "").strip()
@@ -185,7 +208,7 @@ def parse_bucket_encryption(body: bytes) -> BucketEncryptionRule:
 
     Returns the rule as written; AES256 is returned too (the caller decides what it supports).
     """
-    root = _parse(body)
+    root = _parse(body, MAX_CONFIG_XML)
     if _local(root.tag) != "ServerSideEncryptionConfiguration":
         raise errors.MalformedXML("root element must be ServerSideEncryptionConfiguration")
     rules = _children(root, "Rule")

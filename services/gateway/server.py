@@ -13,27 +13,48 @@ import uuid
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.log import server_logger as server_log
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 from sealstore import config, errors
 from sealstore.rpc import configure_logging
 
 from . import s3xml
 from .auth import Authenticator, Credentials
+from .limits import Limits
 from .s3api import S3Api
 
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_BODY = 5 * (1 << 30) + (1 << 20)
 """aiohttp's own limit (only for whole-body reads); object sizes are checked in body.py."""
+LINGERING_SECONDS = 2.0
+"""After an early error answer, how long unread body bytes are drained before closing; long
+enough for the client to read the answer, short enough that a refused 5 GiB upload costs little."""
 
 
 def error_response(request: web.Request, err: errors.SealstoreError, request_id: str) -> web.Response:
     """The one place a typed error becomes an S3 error response (no body for HEAD)."""
     headers = {"x-amz-request-id": request_id}
     if request.method == "HEAD":
-        return web.Response(status=err.http_status, headers=headers)
-    body = s3xml.error_document(err.code, err.message, err.resource or request.path, request_id)
-    return web.Response(status=err.http_status, body=body, content_type="application/xml", headers=headers)
+        response = web.Response(status=err.http_status, headers=headers)
+    else:
+        body = s3xml.error_document(err.code, err.message, err.resource or request.path, request_id)
+        response = web.Response(status=err.http_status, body=body, content_type="application/xml", headers=headers)
+    if not request.content.is_eof():
+        # The body was refused unread: the connection cannot carry another request.
+        response.force_close()
+    return response
+
+
+def _log_refusal(request: web.Request, err: errors.SealstoreError) -> None:
+    """One line per refused request: INFO for client errors, WARNING for server-side ones."""
+    if getattr(err, "logged", False):
+        return
+    level = logging.WARNING if err.http_status >= 500 and err.http_status != 501 else logging.INFO
+    log.log(level, "%s %s %s -> %d %s: %s", request.remote, request.method, request.path[:200],
+            err.http_status, err.code, err.message[:200])
 
 
 @web.middleware
@@ -42,11 +63,15 @@ async def s3_errors(request: web.Request, handler):
     try:
         response = await handler(request)
     except errors.SealstoreError as err:
-        if err.http_status >= 500:
-            log.warning("%s %s -> %s: %s", request.method, request.path, err.code, err.message)
+        _log_refusal(request, err)
         return error_response(request, err, request_id)
     except (asyncio.CancelledError, ConnectionResetError):
         raise
+    except (RequestPayloadError, HttpProcessingError):
+        # aiohttp could not frame the body (broken Transfer-Encoding: chunked, short Content-Length).
+        err = errors.IncompleteBody("the request body is malformed or ended early")
+        _log_refusal(request, err)
+        return error_response(request, err, request_id)
     except web.HTTPException:
         raise
     except Exception:
@@ -60,7 +85,25 @@ async def s3_errors(request: web.Request, handler):
 
 def build_app(api: S3Api) -> web.Application:
     app = web.Application(middlewares=[s3_errors], client_max_size=MAX_REQUEST_BODY)
-    app.router.add_route("*", "/{tail:.*}", api.handle)
+
+    async def expect_continue(request: web.Request):
+        """Refuses an oversized body before telling the client to send it (100-continue)."""
+        try:
+            api.precheck(request)
+        except errors.SealstoreError as err:
+            _log_refusal(request, err)
+            response = error_response(request, err, uuid.uuid4().hex[:16].upper())
+            response.force_close()
+            return response
+        if request.version == web.HttpVersion11:
+            if request.headers.get("Expect", "").lower() != "100-continue":
+                return error_response(request, errors.InvalidRequest("Expect must be 100-continue"),
+                                      uuid.uuid4().hex[:16].upper())
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0
+        return None
+
+    app.router.add_route("*", "/{tail:.*}", api.handle, expect_handler=expect_continue)
 
     async def close_backend(_app):
         await api.close()
@@ -68,19 +111,101 @@ def build_app(api: S3Api) -> web.Application:
     return app
 
 
-def make_api(data_dir: Path, domains: tuple[str, ...] = ()) -> S3Api:
+class _QuietServerLog(logging.LoggerAdapter):
+    """aiohttp's server logger, minus the ERROR traceback it writes for every malformed request.
+
+    A request aiohttp cannot parse (bad request line, too many or too long headers, broken
+    chunked framing) is the client's fault: one INFO line. Anything else keeps its traceback.
+    """
+
+    def exception(self, msg, *args, exc_info=True, **kwargs):
+        exc = exc_info if isinstance(exc_info, BaseException) else None
+        if isinstance(exc, HttpProcessingError) and (exc.code or 400) < 500:
+            self.logger.info("refused malformed HTTP request: %s", str(exc).replace("\n", " ")[:300])
+            return
+        self.logger.error(msg, *args, exc_info=exc_info, **kwargs)
+
+
+class _HeadDeadlineHandler(RequestHandler):
+    """aiohttp's connection handler plus a deadline on request heads (slow-loris guard).
+
+    aiohttp only times out a connection that waits for a request as a whole (keepalive_timeout,
+    here the idle timeout). A client trickling a request head byte by byte keeps a connection
+    forever under that rule as long as it started within the idle timeout; this deadline starts
+    at the first byte of a head and closes the connection if the head is not complete in time.
+    """
+
+    __slots__ = ("head_timeout", "_head_deadline")
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.transport is None or self._force_close or self._close:
+            self._cancel_head_deadline()
+        elif self._messages or self._request_in_progress:
+            self._cancel_head_deadline()
+        elif data and getattr(self, "_head_deadline", None) is None:
+            self._head_deadline = self._loop.call_later(self.head_timeout, self._head_too_slow)
+
+    def _cancel_head_deadline(self) -> None:
+        handle = getattr(self, "_head_deadline", None)
+        if handle is not None:
+            handle.cancel()
+            self._head_deadline = None
+
+    def _head_too_slow(self) -> None:
+        self._head_deadline = None
+        if self.transport is None or self._messages or self._request_in_progress:
+            return
+        peer = self.transport.get_extra_info("peername")
+        log.info("%s: request head not complete within %.0f s; closing", peer[0] if peer else "?", self.head_timeout)
+        self.force_close()
+
+    def connection_lost(self, exc) -> None:
+        self._cancel_head_deadline()
+        super().connection_lost(exc)
+
+
+class _GatewayServer(web.Server):
+    head_timeout: float = 20.0
+
+    def __call__(self) -> RequestHandler:
+        handler = _HeadDeadlineHandler(self, loop=self._loop, **self._kwargs)
+        handler.head_timeout = self.head_timeout
+        handler._head_deadline = None
+        return handler
+
+
+class GatewayRunner(web.AppRunner):
+    """The AppRunner with the front-door limits applied (used by `serve` and by the tests)."""
+
+    def __init__(self, app: web.Application, limits: Limits, **kwargs):
+        super().__init__(app, access_log=None, handler_cancellation=True, logger=_QuietServerLog(server_log, {}),
+                         max_line_size=limits.max_request_line, max_field_size=limits.max_header_size,
+                         max_headers=limits.max_headers, keepalive_timeout=limits.idle_timeout,
+                         lingering_time=LINGERING_SECONDS, **kwargs)
+        self.limits = limits
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _GatewayServer  # same object and state, our connection handler
+        server.head_timeout = self.limits.header_timeout
+        return server
+
+
+def make_api(data_dir: Path, domains: tuple[str, ...] = (), limits: Limits | None = None) -> S3Api:
     def backend():
         from .backend import Backend
         return Backend(config.load_topology(data_dir), config.certs_dir(data_dir))
-    return S3Api(Authenticator(Credentials(data_dir)), backend, domains)
+    return S3Api(Authenticator(Credentials(data_dir)), backend, domains, limits=limits)
 
 
 async def serve(listen: str, data_dir: Path, domains: tuple[str, ...]) -> None:
     host, _, port = listen.rpartition(":")
-    api = make_api(data_dir, domains)
+    limits = Limits.from_env()
+    api = make_api(data_dir, domains, limits)
     api.backend  # connect now: a bad topology should fail at start, not at the first request
     app = build_app(api)
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+    runner = GatewayRunner(app, limits)
     await runner.setup()
     site = web.TCPSite(runner, host or "127.0.0.1", int(port), backlog=1024)
     await site.start()
