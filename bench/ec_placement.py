@@ -46,7 +46,7 @@ async def serve(role: str, port: int, certs: Path, peers: list[str]) -> None:
     async def relay(requests, context):
         from pyeclib.ec_iface import ECDriver
         driver = ECDriver(k=K, m=M, ec_type="isa_l_rs_cauchy")
-        channels = [rpc.aio_channel(certs, "crypto", p) for p in peers]
+        channels = [rpc.aio_channel(certs, "crypto", p, server="storage") for p in peers]
         calls = [ch.stream_unary("/bench.Pipe/Sink")() for ch in channels]
         async for stripe in requests:
             fragments = driver.encode(stripe)
@@ -74,7 +74,7 @@ async def client(mode: str, ports: list[int], certs: Path, mib: int) -> float:
     stripes = (mib << 20) // STRIPE
     start = time.perf_counter()
     if mode == "A":
-        channels = [rpc.aio_channel(certs, "crypto", f"127.0.0.1:{p}") for p in ports]
+        channels = [rpc.aio_channel(certs, "crypto", f"127.0.0.1:{p}", server="storage") for p in ports]
         calls = [ch.stream_unary("/bench.Pipe/Sink")() for ch in channels]
         for _ in range(stripes):
             fragments = driver.encode(stripe)
@@ -83,7 +83,7 @@ async def client(mode: str, ports: list[int], certs: Path, mib: int) -> float:
             await call.done_writing()
         await asyncio.gather(*calls)
     else:
-        channel = rpc.aio_channel(certs, "crypto", f"127.0.0.1:{ports[0]}")
+        channel = rpc.aio_channel(certs, "crypto", f"127.0.0.1:{ports[0]}", server="storage")
         call = channel.stream_unary("/bench.Pipe/Relay")()
         for _ in range(stripes):
             await call.write(stripe)

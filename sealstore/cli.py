@@ -117,7 +117,7 @@ def cmd_status(args) -> int:
             except OSError as exc:
                 state, healthy = f"DOWN ({exc.strerror})", False
         else:
-            channel = rpc.sync_channel(certs, "admin", service["address"])
+            channel = rpc.sync_channel(certs, "admin", service["address"], server=service["role"])
             try:
                 reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=3)
                 state = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
@@ -161,7 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     init = sub.add_parser("init", help="create the dev PKI and root S3 credentials in the data directory "
                                        "(what `run` does first; for containers)")
-    init.add_argument("--san", action="append", default=[], help="extra DNS name or IP for the certificates")
+    init.add_argument("--san", action="append", default=[],
+                      help="extra DNS name or IP for the kms certificate (its KES HTTPS API); may repeat")
+    init.add_argument("--storage-nodes", type=int, default=4, help="storage node certificates storage-0.. (default 4)")
+    init.add_argument("--crypto-workers", type=int, default=1, help="crypto worker certificates crypto-0.. (default 1)")
+    init.add_argument("--gateways", type=int, default=1, help="gateway certificates gateway-0.. (default 1)")
+    init.add_argument("--bundles", type=Path, default=None,
+                      help="also copy, for every instance whose folder BUNDLES/<instance> exists, only what it "
+                           "may hold: CA certificate, its own certificate and key (the gateway: the root S3 "
+                           "credentials; the kms: identities.json)")
     cli_policy.register(sub)
     cli_admin.register(sub)
     return parser
@@ -189,11 +197,23 @@ def main(argv: list[str] | None = None) -> int:
         from sealstore import launcher, tls
         data = config.data_dir()
         target = config.certs_dir(data)
-        tls.ensure_dev_pki(target, tuple(args.san))
+        layout = tls.PkiLayout(storage_nodes=args.storage_nodes, crypto_workers=args.crypto_workers,
+                               gateways=args.gateways)
+        replaced = tls.ensure_dev_pki(target, tuple(args.san), layout)
+        if replaced:
+            print(f"replaced certificates of an earlier version: {', '.join(replaced)}")
         user, _, generated = launcher.ensure_credentials(data)
         print(f"certificates in {target}; identities (SHA-256 of each public key):")
-        for role, identity in tls.role_identities(target).items():
-            print(f"  {role:<8} {identity}")
+        for instance, identity in tls.instance_identities(target).items():
+            print(f"  {instance:<10} {identity}")
+        if args.bundles:
+            for _, instance in layout.instances():
+                if (args.bundles / instance).is_dir():
+                    tls.write_bundle(target, instance, args.bundles / instance)
+                    if instance.startswith("gateway") and (data / "credentials.json").exists():
+                        config.write_file_atomic(args.bundles / instance / "credentials.json",
+                                                 (data / "credentials.json").read_bytes(), mode=0o600)
+                    print(f"bundle for {instance} in {args.bundles / instance}")
         print(f"root S3 access key: {user}" + (f" (new; secret in {data / 'credentials.json'})" if generated else ""))
         return 0
     return 2

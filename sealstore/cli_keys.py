@@ -35,7 +35,7 @@ def kms_stub():
     from sealstore.v1 import kms_pb2_grpc
     data = config.data_dir()
     topology = config.load_topology(data)
-    channel = rpc.sync_channel(config.certs_dir(data), "admin", topology.kms)
+    channel = rpc.sync_channel(config.certs_dir(data), "admin", topology.kms, server="kms")
     return kms_pb2_grpc.KeyServiceStub(channel)
 
 
@@ -116,7 +116,8 @@ def _kms_versions():
     from sealstore import rpc
     from sealstore.rewrap import KmsKeyVersions
     data = config.data_dir()
-    return KmsKeyVersions(rpc.aio_channel(config.certs_dir(data), "admin", config.load_topology(data).kms))
+    return KmsKeyVersions(rpc.aio_channel(config.certs_dir(data), "admin", config.load_topology(data).kms,
+                                          server="kms"))
 
 
 def _show_progress(report) -> None:

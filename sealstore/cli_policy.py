@@ -67,11 +67,12 @@ def _fail(message: str) -> int:
 
 
 def _role_names() -> dict[str, str]:
-    """identity -> role of the cluster's dev certificates, to make the listing readable."""
+    """identity -> instance name (kms, crypto-0, storage-2...) of the cluster's dev certificates,
+    to make the listing readable."""
     from sealstore import tls
     certs = config.certs_dir(config.data_dir())
     try:
-        return {identity: role for role, identity in tls.role_identities(certs).items()}
+        return {identity: instance for instance, identity in tls.instance_identities(certs).items()}
     except (OSError, ValueError):
         return {}  # no dev PKI here (certificates from elsewhere): identities stay bare
 

@@ -15,7 +15,10 @@ from pathlib import Path
 ENV_DATA_DIR = "SEALSTORE_DATA_DIR"
 """Root of everything a local cluster keeps: drives, kms keys, certificates, credentials."""
 ENV_CERTS_DIR = "SEALSTORE_CERTS_DIR"
-"""Folder with ca.pem and <role>.pem / <role>-key.pem; default <data>/certs."""
+"""Folder with ca.pem and <instance>.pem / <instance>-key.pem; default <data>/certs."""
+ENV_INSTANCE = "SEALSTORE_INSTANCE"
+"""This process's instance name (storage-2, crypto-0, gateway-0...): which <instance>.pem it
+presents. Default: the role's first instance; the launcher passes --instance instead."""
 ENV_ROOT_USER = "SEALSTORE_ROOT_USER"
 ENV_ROOT_PASSWORD = "SEALSTORE_ROOT_PASSWORD"
 ENV_KMS_ADDR = "SEALSTORE_KMS_ADDR"
@@ -40,6 +43,12 @@ DEFAULT_GATEWAY_ADDR = "127.0.0.1:9000"
 
 def data_dir() -> Path:
     return Path(os.environ.get(ENV_DATA_DIR, "data")).resolve()
+
+
+def instance_name(role: str, given: str | None = None) -> str:
+    """The instance this process runs as: `given` (a --instance flag), else $SEALSTORE_INSTANCE,
+    else the role itself (its first instance's certificate, see sealstore.tls.tls_files)."""
+    return given or os.environ.get(ENV_INSTANCE) or role
 
 
 def certs_dir(data: Path | None = None) -> Path:

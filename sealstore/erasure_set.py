@@ -26,7 +26,7 @@ import grpc
 
 from sealstore import errors
 from sealstore.config import Topology, set_of
-from sealstore.rpc import CHANNEL_OPTIONS, channel_credentials
+from sealstore.rpc import CHANNEL_OPTIONS, channel_credentials, channel_options
 from sealstore.v1 import storage_pb2, storage_pb2_grpc, types_pb2
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,10 @@ _MEMBER_CHANNEL_OPTIONS = [*CHANNEL_OPTIONS, ("grpc.initial_reconnect_backoff_ms
 
 
 def _member_channel(certs: Path, role: str, address: str) -> grpc.aio.Channel:
-    return grpc.aio.secure_channel(address, channel_credentials(certs, role), options=_MEMBER_CHANNEL_OPTIONS)
+    """`role`: the caller's instance (or role, for its first instance); the member must prove
+    it is a storage node (sealstore.rpc.channel_options)."""
+    return grpc.aio.secure_channel(address, channel_credentials(certs, role),
+                                   options=channel_options("storage", _MEMBER_CHANNEL_OPTIONS))
 
 # Errors that say "this member could not answer" rather than anything about the data.
 _AVAILABILITY_ERRORS = (errors.ServiceUnavailable, errors.SlowDown)

@@ -86,13 +86,22 @@ class Service:
     name: str
     address: str
     args: list[str]
+    instance: str = ""
+    """Its certificate (<certs>/<instance>.pem): its own key, no other process's."""
     drives: list[str] = field(default_factory=list)
     process: subprocess.Popen | None = None
     log_path: Path | None = None
 
     def command(self, data: Path) -> list[str]:
+        # The gateway has no --instance flag: it is gateway-0, its default.
+        instance = ["--instance", self.instance] if self.instance and self.role != "gateway" else []
         return [sys.executable, "-m", f"services.{self.role}", "--listen", self.address,
-                "--data-dir", str(data), *self.args]
+                "--data-dir", str(data), *instance, *self.args]
+
+
+def pki_layout(layout: Layout) -> tls.PkiLayout:
+    """One certificate per process the launcher starts."""
+    return tls.PkiLayout(storage_nodes=layout.storage_nodes, crypto_workers=1, gateways=1)
 
 
 def ensure_credentials(data: Path) -> tuple[str, str, bool]:
@@ -151,7 +160,7 @@ def plan_services(data: Path, layout: Layout, deployment_id: str = "") -> tuple[
     set_size = layout.set_drive_count or layout.storage_nodes * layout.drives_per_node
     host = "127.0.0.1"
     kes = os.environ.get(ENV_KES_ADDR)
-    services = [Service("kms", "kms", f"{host}:{layout.base_port + 1}", ["--kes-listen", kes] if kes else [])]
+    services = [Service("kms", "kms", f"{host}:{layout.base_port + 1}", ["--kes-listen", kes] if kes else [], "kms")]
     storage: list[Service] = []
     for node in range(layout.storage_nodes):
         drives = [str(data / "drives" / f"node{node + 1}" / f"drive{d + 1}") for d in range(layout.drives_per_node)]
@@ -160,21 +169,25 @@ def plan_services(data: Path, layout: Layout, deployment_id: str = "") -> tuple[
         slots = ["%d:%d" % divmod(d * layout.storage_nodes + node, set_size) for d in range(layout.drives_per_node)]
         format_args = ["--deployment-id", deployment_id, "--set-slots", ",".join(slots)] if deployment_id else []
         storage.append(Service("storage", f"storage{node + 1}", address,
-                               ["--drives", ",".join(drives), "--node-id", str(node + 1), *format_args], drives))
+                               ["--drives", ",".join(drives), "--node-id", str(node + 1), *format_args],
+                               tls.instance_name("storage", node), drives))
     services += storage
     # Interleave drives across nodes so consecutive shards of a stripe land on different nodes.
     members = config.split_sets([f"{s.address}/{d}" for d in range(layout.drives_per_node) for s in storage],
                                 set_size)
     cipher = os.environ.get(ENV_CRYPTO_CIPHER)
     services.append(Service("crypto", "crypto", f"{host}:{layout.base_port + 2}",
-                            ["--cipher", cipher] if cipher else []))
-    services.append(Service("gateway", "gateway", layout.gateway, []))
+                            ["--cipher", cipher] if cipher else [], tls.instance_name("crypto", 0)))
+    services.append(Service("gateway", "gateway", layout.gateway, [], tls.instance_name("gateway", 0)))
     return services, members
 
 
 def service_env(data: Path) -> dict[str, str]:
     """The environment every service process starts with (also used to restart one)."""
-    return {**os.environ, **MALLOC_ENV, config.ENV_DATA_DIR: str(data), "PYTHONUNBUFFERED": "1"}
+    # Each process names its own certificate (--instance; the one gateway is gateway-0): an
+    # inherited SEALSTORE_INSTANCE would make them all present the same one.
+    inherited = {k: v for k, v in os.environ.items() if k != config.ENV_INSTANCE}
+    return {**inherited, **MALLOC_ENV, config.ENV_DATA_DIR: str(data), "PYTHONUNBUFFERED": "1"}
 
 
 class Cluster:
@@ -188,7 +201,7 @@ class Cluster:
 
     def _record(self, ready: bool) -> None:
         self.cluster_file.services = [
-            {"role": s.role, "name": s.name, "address": s.address,
+            {"role": s.role, "name": s.name, "instance": s.instance, "address": s.address,
              "pid": s.process.pid if s.process else None,
              **({"drives": s.drives} if s.drives else {}),
              "argv": s.command(self.data),
@@ -256,7 +269,11 @@ def run(argv: list[str] | None = None) -> int:
     data = config.data_dir()
     data.mkdir(parents=True, exist_ok=True)
     layout = Layout.from_env()
-    tls.ensure_dev_pki(config.certs_dir(data))
+    replaced = tls.ensure_dev_pki(config.certs_dir(data), layout=pki_layout(layout))
+    if replaced:
+        print(f"sealstore: replaced the certificates of an earlier version ({', '.join(replaced)}): every "
+              f"role used to carry every service name; each instance now has its own, from the same CA",
+              file=sys.stderr, flush=True)
     user, password, generated = ensure_credentials(data)
     cluster = Cluster(data, layout)
     stopping = False

@@ -17,7 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sealstore import errors
-from sealstore.tls import tls_files
+from sealstore.tls import SERVICE_NAMES, role_of_instance, tls_files
 
 log = logging.getLogger(__name__)
 
@@ -29,23 +29,33 @@ CHANNEL_OPTIONS = [
 ]
 
 
-def server_credentials(certs: Path, role: str) -> grpc.ServerCredentials:
-    ca, cert, key = tls_files(certs, role).read()
+def server_credentials(certs: Path, instance: str) -> grpc.ServerCredentials:
+    ca, cert, key = tls_files(certs, instance).read()
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
 
 
-def channel_credentials(certs: Path, role: str) -> grpc.ChannelCredentials:
-    ca, cert, key = tls_files(certs, role).read()
+def channel_credentials(certs: Path, instance: str) -> grpc.ChannelCredentials:
+    ca, cert, key = tls_files(certs, instance).read()
     return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
 
 
-def aio_channel(certs: Path, role: str, target: str) -> grpc.aio.Channel:
-    """An mTLS channel presenting `role`'s certificate."""
-    return grpc.aio.secure_channel(target, channel_credentials(certs, role), options=CHANNEL_OPTIONS)
+def channel_options(server: str, base: list[tuple[str, Any]] | None = None) -> list[tuple[str, Any]]:
+    """Channel options that make the TLS handshake check the server's certificate for the
+    service name `server` ("kms", "crypto" or "storage"), whatever address is dialled: only
+    that service's certificates carry the name, so no other role can answer in its place."""
+    if server not in SERVICE_NAMES:
+        raise ValueError(f"no service is named {server!r} (expected one of {', '.join(SERVICE_NAMES)})")
+    return [*(CHANNEL_OPTIONS if base is None else base), ("grpc.ssl_target_name_override", SERVICE_NAMES[server])]
 
 
-def sync_channel(certs: Path, role: str, target: str) -> grpc.Channel:
-    return grpc.secure_channel(target, channel_credentials(certs, role), options=CHANNEL_OPTIONS)
+def aio_channel(certs: Path, instance: str, target: str, *, server: str) -> grpc.aio.Channel:
+    """An mTLS channel to the `server` service ("kms", "crypto", "storage") at `target`,
+    presenting the certificate of `instance` (an instance name, or a role for its first instance)."""
+    return grpc.aio.secure_channel(target, channel_credentials(certs, instance), options=channel_options(server))
+
+
+def sync_channel(certs: Path, instance: str, target: str, *, server: str) -> grpc.Channel:
+    return grpc.secure_channel(target, channel_credentials(certs, instance), options=channel_options(server))
 
 
 def peer_identity(context: grpc.aio.ServicerContext | grpc.ServicerContext) -> str:
@@ -111,13 +121,22 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
 def build_server(*, certs: Path, role: str, listen: str,
                  services: Iterable[tuple[Callable[[Any, grpc.aio.Server], None], Any, str]],
-                 interceptors: Iterable[grpc.aio.ServerInterceptor] = ()) -> grpc.aio.Server:
-    """An mTLS aio server with the given servicers, reflection and grpc.health.v1.
+                 interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
+                 instance: str | None = None) -> grpc.aio.Server:
+    """An mTLS aio server of `role` with the given servicers, reflection and grpc.health.v1,
+    presenting the certificate of `instance` (default: the role's first instance).
 
     `services` holds (add_XServicer_to_server, servicer instance, full service name).
-    Interceptors run before the error interceptor, so their typed errors map too.
+    Interceptors run inside the error interceptor, so their typed errors map too. Storage and
+    crypto servers always get their role table (sealstore/authz.py) as the innermost check;
+    the kms authorises by its own policy.json (services/kms/interceptor.py).
     """
-    server = grpc.aio.server(interceptors=[ErrorInterceptor(), *interceptors], options=CHANNEL_OPTIONS)
+    from sealstore import authz
+    instance = instance or role
+    if role_of_instance(instance) != role:
+        raise ValueError(f"a {role} server cannot present the certificate of {instance}")
+    checks = [authz.RoleAuthorization(role)] if role in ("storage", "crypto") else []
+    server = grpc.aio.server(interceptors=[ErrorInterceptor(), *interceptors, *checks], options=CHANNEL_OPTIONS)
     names = [reflection.SERVICE_NAME, health.SERVICE_NAME]
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -125,7 +144,7 @@ def build_server(*, certs: Path, role: str, listen: str,
         add(servicer, server)
         names.append(name)
     reflection.enable_server_reflection(names, server)
-    server.bound_port = server.add_secure_port(listen, server_credentials(certs, role))  # type: ignore[attr-defined]
+    server.bound_port = server.add_secure_port(listen, server_credentials(certs, instance))  # type: ignore[attr-defined]
     server.health_servicer = health_servicer  # type: ignore[attr-defined]
     server.service_names = names  # type: ignore[attr-defined]
     return server

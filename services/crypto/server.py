@@ -1,7 +1,8 @@
 """Starts the crypto worker: `python -m services.crypto --listen 127.0.0.1:9102 --data-dir DIR [--cipher aes|chacha20]`.
 
 Peers come from the cluster topology: one mTLS channel to the kms, one quorum client of
-the erasure set. Both present the worker's "crypto" certificate.
+the erasure set. Both present this worker's own certificate (--instance, e.g. crypto-0) and
+check that the peer's certificate names the kms or a storage node.
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--listen", default="127.0.0.1:9102", help="host:port to serve gRPC on")
     p.add_argument("--data-dir", type=Path, default=None,
                    help=f"cluster data folder (default ${config.ENV_DATA_DIR} or ./data)")
+    p.add_argument("--instance", default=None,
+                   help=f"this instance's certificate name, e.g. crypto-1 (default ${config.ENV_INSTANCE} or crypto-0)")
     p.add_argument("--cipher", default="aes", help="DARE cipher for new objects: aes (AES-256-GCM, default) "
                    "or chacha20 (ChaCha20-Poly1305)")
     args = p.parse_args(argv)
@@ -42,10 +45,11 @@ async def serve(args: argparse.Namespace) -> None:
     data = (args.data_dir or config.data_dir()).resolve()
     topology = config.load_topology(data)
     certs = config.certs_dir(data)
-    store = erasure_set.connect(topology, certs, ROLE)
-    kms_channel = aio_channel(certs, ROLE, topology.kms)
+    instance = config.instance_name(ROLE, args.instance)
+    store = erasure_set.connect(topology, certs, instance)
+    kms_channel = aio_channel(certs, instance, topology.kms, server="kms")
     servicer = CryptoServicer(store, KmsClient(kms_channel), cipher=args.cipher_id)
-    server = build_server(certs=certs, role=ROLE, listen=args.listen,
+    server = build_server(certs=certs, role=ROLE, instance=instance, listen=args.listen,
                           services=[(crypto_pb2_grpc.add_CryptoServiceServicer_to_server, servicer, SERVICE_NAME)])
     log.info("crypto worker listening on %s; kms %s; %d erasure set(s) of %d (%d+%d); cipher %s", args.listen,
              topology.kms, len(topology.storage_sets), topology.set_size, topology.data_shards, topology.parity_shards,

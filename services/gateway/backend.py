@@ -7,7 +7,7 @@ from pathlib import Path
 
 import grpc
 
-from sealstore import errors
+from sealstore import config, errors
 from sealstore.config import Topology
 from sealstore.rpc import aio_channel
 from sealstore.v1 import crypto_pb2_grpc, kms_pb2, kms_pb2_grpc, types_pb2
@@ -19,15 +19,17 @@ bucket operations invalidate it at once, other gateways' changes show up within 
 
 
 class Backend:
-    def __init__(self, topology: Topology, certs: Path):
+    def __init__(self, topology: Topology, certs: Path, instance: str | None = None):
+        """`instance`: this gateway's certificate (default $SEALSTORE_INSTANCE, else gateway-0)."""
         from sealstore.erasure_set import connect
 
-        self._channels = [aio_channel(certs, ROLE, addr) for addr in topology.crypto]
+        instance = config.instance_name(ROLE, instance)
+        self._channels = [aio_channel(certs, instance, addr, server="crypto") for addr in topology.crypto]
         self._crypto = [crypto_pb2_grpc.CryptoServiceStub(ch) for ch in self._channels]
         self._next = itertools.cycle(range(len(self._crypto)))
-        self._kms_channel = aio_channel(certs, ROLE, topology.kms)
+        self._kms_channel = aio_channel(certs, instance, topology.kms, server="kms")
         self.kms = kms_pb2_grpc.KeyServiceStub(self._kms_channel)
-        self.erasure = connect(topology, certs, ROLE)  # routes objects to their erasure set
+        self.erasure = connect(topology, certs, instance)  # routes objects to their erasure set
         self._buckets: dict[str, tuple[float, types_pb2.BucketInfo]] = {}
 
     def crypto(self) -> crypto_pb2_grpc.CryptoServiceStub:

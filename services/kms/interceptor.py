@@ -9,6 +9,7 @@ import logging
 import grpc
 
 from sealstore import errors
+from sealstore.authz import peer_principal
 from sealstore.rpc import peer_identity
 from services.kms.policy import PolicyConfig
 
@@ -43,7 +44,10 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
             identity = peer_identity(context)
             key_name = getattr(request, "name", "")
             if not policy.is_allowed(identity, method, key_name):
-                log.warning("denied %s on key %r for identity %s", method, key_name, identity or "<none>")
+                principal = peer_principal(context)
+                log.warning("denied %s on key %r for identity %s (role %s, instance %s)", method, key_name,
+                            identity or "<none>", principal.role if principal else "<none>",
+                            principal.instance if principal else "<none>")
                 raise errors.KMSAccessDenied(
                     f"identity {identity or '<none>'} may not call {method} on key {key_name!r}")
             return await behavior(request, context)

@@ -47,20 +47,21 @@ def build_key_manager(data_dir: Path, settings: KmsSettings | None = None) -> Ke
 
 
 def build_kms_server(data_dir: Path, listen: str, policy_path: Path | None = None,
-                     manager: KeyManager | None = None, audit: "kms_audit.AuditLog | None" = None) -> grpc.aio.Server:
+                     manager: KeyManager | None = None, audit: "kms_audit.AuditLog | None" = None,
+                     instance: str = ROLE) -> grpc.aio.Server:
     """The kms gRPC server over `<data>/kms`, not yet started. `server.kms_manager` and
     `server.kms_policy` are what the KES-compatible API shares with it."""
     certs = config.certs_dir(data_dir)
     policy_path = policy_path or kms_dir(data_dir) / "policy.json"
     manager = manager or build_key_manager(data_dir)
-    policy = ensure_policy_file(policy_path, tls.role_identities(certs))
+    policy = ensure_policy_file(policy_path, tls.instance_identities(certs))
     log.info("kms policy %s (%d identities besides admin)", policy_path, len(policy.identities))
     interceptors = [MetricsInterceptor()]
     if audit is not None:
         interceptors.append(kms_audit.AuditInterceptor(audit))  # outside authorisation: refusals are audited
     interceptors.append(AuthorizationInterceptor(policy))
     server = rpc.build_server(
-        certs=certs, role=ROLE, listen=listen,
+        certs=certs, role=ROLE, instance=instance, listen=listen,
         services=[(kms_pb2_grpc.add_KeyServiceServicer_to_server, KeyServiceServicer(manager), SERVICE_NAME)],
         interceptors=interceptors,
     )
@@ -95,6 +96,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"serve Prometheus metrics over HTTP on this port (default ${ENV_METRICS_PORT} or off)")
     parser.add_argument("--audit-file", default=None,
                         help="audit log: a file (default <data>/kms/audit.log), - for stdout, off for none")
+    parser.add_argument("--instance", default=None,
+                        help=f"this kms's certificate name (default ${config.ENV_INSTANCE} or kms)")
     parser.add_argument("--kes-listen", default="", help="host:port to serve the KES-compatible HTTPS API on (default: off)")
     return parser.parse_args(argv)
 
@@ -112,7 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     async def serve() -> None:
         manager = build_key_manager(data_dir, settings)  # first: it makes <data>/kms with mode 0700
         audit = kms_audit.open_audit_log(args.audit_file, kms_dir(data_dir))
-        server = build_kms_server(data_dir, args.listen, args.policy, manager, audit=audit)
+        server = build_kms_server(data_dir, args.listen, args.policy, manager, audit=audit,
+                                  instance=config.instance_name(ROLE, args.instance))
         await maintenance_round(manager)  # due deletions are carried out before serving
         upkeep = asyncio.create_task(maintain(manager, settings.maintenance_seconds))
         log.info("kms listening on %s", args.listen)

@@ -29,6 +29,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data-dir", required=True, type=Path, help="cluster data folder (certificates)")
     p.add_argument("--drives", required=True,
                    help="comma-separated drive folders; drive i of a request is the i-th folder")
+    p.add_argument("--instance", default=None,
+                   help=f"this instance's certificate name, e.g. storage-1 (default ${config.ENV_INSTANCE} or storage-0)")
     p.add_argument("--node-id", default="", help="name reported by NodeStatus (default: the listen address)")
     p.add_argument("--deployment-id", default="",
                    help="the cluster's deployment id; with it every drive gets a format file, and a drive "
@@ -55,7 +57,8 @@ def build(args: argparse.Namespace):
         identities = [_identity(args.deployment_id, args.set_index, slot) for slot in args.set_slots.split(",")]
     node = Node(args.node_id or args.listen, drives, identities)
     server = build_server(
-        certs=config.certs_dir(args.data_dir.resolve()), role=ROLE, listen=args.listen,
+        certs=config.certs_dir(args.data_dir.resolve()), role=ROLE, instance=config.instance_name(ROLE, args.instance),
+        listen=args.listen,
         services=[(storage_pb2_grpc.add_StorageServiceServicer_to_server, StorageServicer(node),
                    "sealstore.v1.StorageService")])
     return node, server

@@ -32,7 +32,7 @@ def stored_meta(data: Path, bucket: str, key: str) -> types_pb2.ObjectMeta:
 def kms_stub(cluster, role: str):
     topology = json.loads((cluster.data / "cluster.json").read_text())
     kms = next(s["address"] for s in topology["services"] if s["role"] == "kms")
-    return kms_pb2_grpc.KeyServiceStub(rpc.sync_channel(cluster.data / "certs", role, kms))
+    return kms_pb2_grpc.KeyServiceStub(rpc.sync_channel(cluster.data / "certs", role, kms, server="kms"))
 
 
 def every_file(data: Path):

@@ -84,14 +84,14 @@ class MiniCluster:
     storage: list[Proc]
     workers: dict[str, Proc] = field(default_factory=dict)
 
-    def channel(self, role: str, target: str) -> grpc.Channel:
-        return rpc.sync_channel(self.certs, role, target)
+    def channel(self, role: str, target: str, server: str) -> grpc.Channel:
+        return rpc.sync_channel(self.certs, role, target, server=server)
 
     def worker(self, name: str = "aes") -> crypto_pb2_grpc.CryptoServiceStub:
-        return crypto_pb2_grpc.CryptoServiceStub(self.channel("gateway", self.workers[name].address))
+        return crypto_pb2_grpc.CryptoServiceStub(self.channel("gateway", self.workers[name].address, "crypto"))
 
     def admin_kms(self) -> kms_pb2_grpc.KeyServiceStub:
-        return kms_pb2_grpc.KeyServiceStub(self.channel("admin", self.kms.address))
+        return kms_pb2_grpc.KeyServiceStub(self.channel("admin", self.kms.address, "kms"))
 
     def run_store(self, fn):
         """Runs `fn(ErasureSetClient)` on a fresh event loop."""

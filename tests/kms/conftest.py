@@ -31,7 +31,7 @@ class KmsProcess:
         return self.log_path.read_text()
 
     def channel(self, role: str) -> grpc.Channel:
-        return rpc.sync_channel(self.certs, role, self.address)
+        return rpc.sync_channel(self.certs, role, self.address, server="kms")
 
     def stub(self, role: str) -> kms_pb2_grpc.KeyServiceStub:
         return kms_pb2_grpc.KeyServiceStub(self.channel(role))
@@ -43,7 +43,7 @@ def _wait_serving(certs: Path, address: str, proc: subprocess.Popen, timeout: fl
         if proc.poll() is not None:
             raise RuntimeError(f"kms exited with {proc.returncode}")
         try:
-            with rpc.sync_channel(certs, "admin", address) as ch:
+            with rpc.sync_channel(certs, "admin", address, server="kms") as ch:
                 reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return

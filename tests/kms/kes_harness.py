@@ -75,7 +75,7 @@ class KmsWithKes:
         return self.log_path.read_text()
 
     def stub(self, role: str) -> kms_pb2_grpc.KeyServiceStub:
-        return kms_pb2_grpc.KeyServiceStub(rpc.sync_channel(self.certs, role, self.address))
+        return kms_pb2_grpc.KeyServiceStub(rpc.sync_channel(self.certs, role, self.address, server="kms"))
 
     def kes(self, role: str) -> KesClient:
         return KesClient(self.certs, role, self.kes_address)
@@ -95,7 +95,7 @@ def _wait_ready(kms: KmsWithKes, timeout: float = 15.0) -> None:
         if kms.process.poll() is not None:
             raise RuntimeError(f"kms exited with {kms.process.returncode}:\n{kms.log_text()[-3000:]}")
         try:
-            with rpc.sync_channel(kms.certs, "admin", kms.address) as ch:
+            with rpc.sync_channel(kms.certs, "admin", kms.address, server="kms") as ch:
                 reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
             if reply.status == health_pb2.HealthCheckResponse.SERVING:
                 if not kms.kes_address:

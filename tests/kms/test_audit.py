@@ -101,11 +101,18 @@ def test_every_grpc_call_is_audited_with_identity_and_outcome(kms, ids):
         assert record["version"] is None or (isinstance(record["version"], int) and record["version"] > 0)
 
 
-def test_refused_call_without_any_policy_is_audited(kms, ids):
+def test_refused_call_without_any_policy_is_audited(kms, tmp_path):
+    from sealstore import rpc
+    from sealstore.tls import identity_of, tls_files
+    from sealstore.v1 import kms_pb2_grpc
+    from tests.pki.certs import stranger
+    name = stranger(kms.certs, tmp_path)
     with pytest.raises(grpc.RpcError):
-        kms.stub("storage").Status(kms_pb2.StatusRequest())
+        kms_pb2_grpc.KeyServiceStub(rpc.sync_channel(tmp_path, name, kms.address, server="kms")).Status(
+            kms_pb2.StatusRequest())
     last = audit_lines(kms)[-1]
-    assert (last["identity"], last["operation"], last["outcome"]) == (ids["storage"], "Status", "KMSAccessDenied")
+    expected = identity_of(tls_files(tmp_path, name).cert.read_bytes())
+    assert (last["identity"], last["operation"], last["outcome"]) == (expected, "Status", "KMSAccessDenied")
 
 
 def test_kes_api_calls_are_audited_in_the_same_log(kms, ids):

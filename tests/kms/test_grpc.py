@@ -26,7 +26,7 @@ def error_code_metadata(rpc_error: grpc.RpcError) -> str:
 
 
 def test_health_is_serving_and_open_to_any_certificate(kms):
-    for role in ("admin", "storage"):  # storage has no kms policy at all
+    for role in ("admin", "gateway", "crypto"):  # the gateway may call nothing else here
         with kms.channel(role) as ch:
             health = health_pb2_grpc.HealthStub(ch)
             for service in ("", "sealstore.v1.KeyService"):
@@ -38,7 +38,7 @@ def test_default_policy_file_written_on_first_start(kms):
     policy = json.loads((kms.data_dir / "kms" / "policy.json").read_text())
     ids = role_identities(kms.certs)
     assert policy["admin"] == ids["admin"]
-    assert policy["identities"] == {ids["gateway"]: "gateway", ids["crypto"]: "crypto"}
+    assert {i: r for i, r in policy["identities"].items()} == {ids["gateway"]: "gateway", ids["crypto"]: "crypto"}
 
 
 def test_admin_manages_key_lifecycle(kms):
@@ -102,13 +102,21 @@ def test_crypto_may_not_manage_keys(kms):
     assert not (kms.data_dir / "kms" / "keys" / "crypto-made.json").exists()
 
 
-def test_gateway_manages_keys_but_never_sees_data_keys(kms):
+def test_gateway_describes_keys_but_never_manages_them_or_sees_data_keys(kms):
     gateway = kms.stub("gateway")
     gateway_id = role_identities(kms.certs)["gateway"]
-    info = gateway.CreateKey(kms_pb2.CreateKeyRequest(name="gw-bucket"))
-    assert info.created_by == gateway_id
+    kms.stub("admin").CreateKey(kms_pb2.CreateKeyRequest(name="gw-bucket"))
     assert gateway.DescribeKey(kms_pb2.KeyRequest(name="gw-bucket")).name == "gw-bucket"
-    assert gateway.Status(kms_pb2.StatusRequest()).caller_identity == gateway_id
+    # Issue 7 finding 3: a compromised gateway could create, import, disable or delete every key.
+    for call, request in ((gateway.CreateKey, kms_pb2.CreateKeyRequest(name="gw-made")),
+                          (gateway.ImportKey, kms_pb2.ImportKeyRequest(name="gw-imported", key=b"k" * 32)),
+                          (gateway.DisableKey, kms_pb2.KeyRequest(name="gw-bucket")),
+                          (gateway.DeleteKey, kms_pb2.DeleteKeyRequest(name="gw-bucket")),
+                          (gateway.Status, kms_pb2.StatusRequest())):
+        code, err, _ = call_error(call, request)
+        assert code == grpc.StatusCode.PERMISSION_DENIED and isinstance(err, errors.KMSAccessDenied), call
+    assert kms.stub("admin").DescribeKey(kms_pb2.KeyRequest(name="gw-bucket")).enabled
+    assert not (kms.data_dir / "kms" / "keys" / "gw-made.json").exists()
 
     code, err, rpc_error = call_error(gateway.GenerateKey, kms_pb2.GenerateKeyRequest(name="gw-bucket", context=CTX))
     assert code == grpc.StatusCode.PERMISSION_DENIED
@@ -126,10 +134,21 @@ def test_gateway_manages_keys_but_never_sees_data_keys(kms):
     assert f"denied Decrypt on key 'gw-bucket' for identity {gateway_id}" in log
 
 
-def test_unknown_identity_is_denied_everything(kms):
-    storage = kms.stub("storage")
-    code, err, _ = call_error(storage.Status, kms_pb2.StatusRequest())
+def test_unknown_identity_is_denied_everything(kms, tmp_path):
+    from sealstore import rpc
+    from sealstore.v1 import kms_pb2_grpc
+    from tests.pki.certs import CLIENT, issue
+    # A gateway instance the policy does not list: a cluster certificate, but no kms rights.
+    name = issue(kms.certs, tmp_path, "gateway-7", role="gateway", usages=(CLIENT,))
+    stranger = kms_pb2_grpc.KeyServiceStub(rpc.sync_channel(tmp_path, name, kms.address, server="kms"))
+    code, err, _ = call_error(stranger.DescribeKey, kms_pb2.KeyRequest(name="x"))
     assert code == grpc.StatusCode.PERMISSION_DENIED and isinstance(err, errors.KMSAccessDenied)
+
+
+def test_storage_and_kms_certificates_cannot_call_at_all(kms):
+    for role in ("storage", "kms"):  # serverAuth only: refused at the handshake
+        code, _, _ = call_error(kms.stub(role).Status, kms_pb2.StatusRequest())
+        assert code == grpc.StatusCode.UNAVAILABLE
 
 
 def test_disabled_key_refuses_data_keys(kms):

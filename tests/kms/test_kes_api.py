@@ -201,11 +201,20 @@ def test_missing_key_is_404(kms):
     assert_kes_error(admin.request("DELETE", "/v1/key/delete/kes-missing"), 404, "key does not exist")
 
 
-def test_policies_apply_to_kes_routes(kms, ids):
+def stranger_client(kms, folder) -> tuple[KesClient, str]:
+    """A KES client with a cluster certificate that no policy names, and its identity."""
+    from sealstore.tls import identity_of, tls_files
+    from tests.pki.certs import stranger
+    name = stranger(kms.certs, folder)
+    return KesClient(folder, name, kms.kes_address), identity_of(tls_files(folder, name).cert.read_bytes())
+
+
+def test_policies_apply_to_kes_routes(kms, ids, tmp_path):
     kms.kes("admin").request("POST", "/v1/key/create/kes-policy")
-    gateway, crypto, storage = kms.kes("gateway"), kms.kes("crypto"), kms.kes("storage")
+    gateway, crypto = kms.kes("gateway"), kms.kes("crypto")
+    stranger, _ = stranger_client(kms, tmp_path)
     denied = "not authorized: insufficient permissions"
-    # The gateway manages keys but never sees a data key.
+    # The gateway describes keys but never sees a data key.
     assert gateway.request("GET", "/v1/key/describe/kes-policy").status == 200
     assert_kes_error(gateway.request("POST", "/v1/key/generate/kes-policy", {"context": B64_CTX}), 403, denied)
     dek = crypto.request("POST", "/v1/key/generate/kes-policy", {"context": B64_CTX}).json()
@@ -216,14 +225,14 @@ def test_policies_apply_to_kes_routes(kms, ids):
     assert_kes_error(crypto.request("DELETE", "/v1/key/delete/kes-policy"), 403, denied)
     assert_kes_error(crypto.request("GET", "/v1/key/list"), 403, denied)
     # An identity without a policy gets nothing but /version and its own description.
-    assert_kes_error(storage.request("GET", "/v1/status"), 403, denied)
-    assert_kes_error(storage.request("GET", "/v1/metrics"), 403, denied)
-    assert storage.request("GET", "/version").status == 200
+    assert_kes_error(stranger.request("GET", "/v1/status"), 403, denied)
+    assert_kes_error(stranger.request("GET", "/v1/metrics"), 403, denied)
+    assert stranger.request("GET", "/version").status == 200
     assert kms.kes("admin").request("GET", "/v1/key/describe/kes-policy").status == 200  # nothing was deleted
     assert f"denied GenerateKey on key 'kes-policy' for identity {ids['gateway']}" in kms.log_text()
 
 
-def test_describe_self(kms, ids):
+def test_describe_self(kms, ids, tmp_path):
     me = kms.kes("crypto").request("GET", "/v1/identity/self/describe").json()
     assert me["identity"] == ids["crypto"] and me["admin"] is False and me["policy"] == "crypto"
     assert "GenerateKey/*" in me["allow"] and me["allow"]["GenerateKey/*"] == {}
@@ -231,8 +240,9 @@ def test_describe_self(kms, ids):
     assert "GenerateKey/*" in gateway["deny"]
     admin = kms.kes("admin").request("GET", "/v1/identity/self/describe").json()
     assert admin["identity"] == ids["admin"] and admin["admin"] is True
-    stranger = kms.kes("storage").request("GET", "/v1/identity/self/describe").json()
-    assert stranger["identity"] == ids["storage"] and stranger["policy"] == "" and stranger["allow"] == {}
+    client, stranger_id = stranger_client(kms, tmp_path)
+    stranger = client.request("GET", "/v1/identity/self/describe").json()
+    assert stranger["identity"] == stranger_id and stranger["policy"] == "" and stranger["allow"] == {}
 
 
 def test_encrypt_is_not_implemented(kms):

@@ -60,7 +60,7 @@ def test_key_lifecycle_over_grpc(dev_kms):
     assert admin.RotateKey(kms_pb2.KeyRequest(name=name)).version == 2
     newer = crypto.GenerateKey(kms_pb2.GenerateKeyRequest(name=name, context=CTX))
     assert newer.version == 2
-    rewrapped = crypto.ReWrap(kms_pb2.ReWrapRequest(name=name, ciphertext=dek.ciphertext, context=CTX))
+    rewrapped = admin.ReWrap(kms_pb2.ReWrapRequest(name=name, ciphertext=dek.ciphertext, context=CTX))  # rewrap runs as admin
     assert rewrapped.version == 2
     assert admin.SetMinVersion(kms_pb2.SetMinVersionRequest(name=name, min_version=2)).min_version == 2
     assert isinstance(rpc_error(crypto.Decrypt, kms_pb2.DecryptRequest(

@@ -11,19 +11,26 @@ import sys
 import grpc
 import pytest
 
-from sealstore.tls import role_identities
+from sealstore.tls import instance_identities, role_identities, tls_files
 from sealstore.v1 import kms_pb2
 from services.kms.policy import default_policy
 from tests.kms.kes_harness import REPO, start_kms
 
 CTX = b'{"app-a":"app-a/obj"}'
+ADMIN = "gateway-1"
+"""The admin of the custom policy: a certificate that may call (clientAuth) but is nobody's default."""
+
+
+def all_identities(certs) -> dict[str, str]:
+    """role (its first instance) and instance name -> identity."""
+    return {**role_identities(certs), **instance_identities(certs)}
 
 
 def custom_policy(ids: dict[str, str]) -> dict:
     """The crypto worker may use data keys of app-* keys except app-secret*; the gateway only
-    describes. Storage's certificate is the admin here."""
+    describes. A second gateway's certificate is the admin here."""
     return {
-        "admin": ids["storage"],
+        "admin": ids[ADMIN],
         "policies": {
             "apps": {"allow": ["GenerateKey/app-*", "Decrypt/app-*", "DescribeKey/*"],
                      "deny": ["GenerateKey/app-secret*", "Decrypt/app-secret*"]},
@@ -36,10 +43,10 @@ def custom_policy(ids: dict[str, str]) -> dict:
 @pytest.fixture(scope="module")
 def kms(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("policy-data")
-    from sealstore.tls import ensure_dev_pki
-    ensure_dev_pki(data_dir / "certs")
+    from sealstore.tls import PkiLayout, ensure_dev_pki
+    ensure_dev_pki(data_dir / "certs", layout=PkiLayout(gateways=2))
     policy_path = data_dir / "custom-policy.json"
-    policy_path.write_text(json.dumps(custom_policy(role_identities(data_dir / "certs"))))
+    policy_path.write_text(json.dumps(custom_policy(all_identities(data_dir / "certs"))))
     server = start_kms(data_dir, tmp_path_factory.mktemp("policy-log"), "--policy", str(policy_path))
     server.policy_path = policy_path
     yield server
@@ -62,8 +69,8 @@ def denied(fn, request) -> bool:
 
 
 def test_custom_policy_file_is_enforced_deny_wins(kms):
-    ids = role_identities(kms.certs)
-    admin, crypto, gateway = kms.stub("storage"), kms.stub("crypto"), kms.stub("gateway")
+    ids = all_identities(kms.certs)
+    admin, crypto, gateway = kms.stub(ADMIN), kms.stub("crypto"), kms.stub("gateway")
     for name in ("app-one", "app-secret-1", "other"):
         admin.CreateKey(kms_pb2.CreateKeyRequest(name=name))
     dek = crypto.GenerateKey(kms_pb2.GenerateKeyRequest(name="app-one", context=CTX))
@@ -78,13 +85,13 @@ def test_custom_policy_file_is_enforced_deny_wins(kms):
     # The same file governs the KES API.
     assert kms.kes("crypto").request("POST", "/v1/key/generate/app-secret-1", {}).status == 403
     assert kms.kes("crypto").request("POST", "/v1/key/generate/app-one", {}).status == 200
-    assert kms.kes("storage").request("GET", "/v1/identity/self/describe").json()["admin"] is True
+    assert kms.kes(ADMIN).request("GET", "/v1/identity/self/describe").json()["admin"] is True
     assert f"denied GenerateKey on key 'app-secret-1' for identity {ids['crypto']}" in kms.log_text()
 
 
 def test_rejected_calls_are_logged_with_identity_never_key_bytes(kms):
-    ids = role_identities(kms.certs)
-    admin, crypto, gateway = kms.stub("storage"), kms.stub("crypto"), kms.stub("gateway")
+    ids = all_identities(kms.certs)
+    admin, crypto, gateway = kms.stub(ADMIN), kms.stub("crypto"), kms.stub("gateway")
     material = bytes(range(60, 92))
     assert denied(crypto.ImportKey, kms_pb2.ImportKeyRequest(name="app-imported", key=material))
     admin.CreateKey(kms_pb2.CreateKeyRequest(name="app-rejected"))
@@ -103,21 +110,21 @@ def test_rejected_calls_are_logged_with_identity_never_key_bytes(kms):
 
 
 def test_identity_list_marks_admin_and_policies(kms):
-    ids = role_identities(kms.certs)
+    ids = all_identities(kms.certs)
     result = sealstore(kms.data_dir, "identity", "list", "--policy", str(kms.policy_path))
     assert result.returncode == 0, result.stderr
     rows = {line.split()[0]: line for line in result.stdout.splitlines()}
-    assert set(rows) == {ids["storage"], ids["crypto"], ids["gateway"]}
-    assert "(admin: everything)" in rows[ids["storage"]] and "certificate storage" in rows[ids["storage"]]
+    assert set(rows) == {ids[ADMIN], ids["crypto"], ids["gateway"]}
+    assert "(admin: everything)" in rows[ids[ADMIN]] and f"certificate {ADMIN}" in rows[ids[ADMIN]]
     assert rows[ids["crypto"]].split()[1] == "apps" and "certificate crypto" in rows[ids["crypto"]]
     assert rows[ids["gateway"]].split()[1] == "viewer"
-    assert result.stdout.splitlines()[0].startswith(ids["storage"])  # the admin first
+    assert result.stdout.splitlines()[0].startswith(ids[ADMIN])  # the admin first
 
 
 def test_identity_list_reads_the_default_policy_file(tmp_path):
     kms = start_kms(tmp_path / "data", tmp_path, kes=False)  # writes <data>/kms/policy.json
     kms.stop()
-    ids = role_identities(kms.certs)
+    ids = all_identities(kms.certs)
     result = sealstore(kms.data_dir, "identity", "list")
     assert result.returncode == 0, result.stderr
     rows = {line.split()[0]: line.split()[1] for line in result.stdout.splitlines()}
@@ -130,16 +137,16 @@ def test_identity_list_reads_the_default_policy_file(tmp_path):
 
 
 def test_identity_of_certificate(kms):
-    ids = role_identities(kms.certs)
+    ids = all_identities(kms.certs)
     for role in ("crypto", "gateway"):
-        result = sealstore(kms.data_dir, "identity", "of", str(kms.certs / f"{role}.pem"))
+        result = sealstore(kms.data_dir, "identity", "of", str(tls_files(kms.certs, role).cert))
         assert (result.returncode, result.stdout.strip()) == (0, ids[role])
     not_a_cert = sealstore(kms.data_dir, "identity", "of", str(kms.policy_path))
     assert not_a_cert.returncode == 1 and "not a PEM certificate" in not_a_cert.stderr
 
 
 def test_policy_show_and_list(kms):
-    ids = role_identities(kms.certs)
+    ids = all_identities(kms.certs)
     shown = sealstore(kms.data_dir, "policy", "show", "apps", "--policy", str(kms.policy_path))
     assert shown.returncode == 0, shown.stderr
     text = shown.stdout
