@@ -12,7 +12,7 @@ import signal
 import uuid
 from pathlib import Path
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.log import server_logger as server_log
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
@@ -95,7 +95,7 @@ def build_app(api: S3Api) -> web.Application:
             response = error_response(request, err, uuid.uuid4().hex[:16].upper())
             response.force_close()
             return response
-        if request.version == web.HttpVersion11:
+        if request.version == HttpVersion11:
             if request.headers.get("Expect", "").lower() != "100-continue":
                 return error_response(request, errors.InvalidRequest("Expect must be 100-continue"),
                                       uuid.uuid4().hex[:16].upper())

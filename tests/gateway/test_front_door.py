@@ -291,3 +291,16 @@ def test_limits_from_env():
     assert limits.header_timeout == 7.5 and limits.max_headers == 40 and limits.idle_timeout == Limits().idle_timeout
     with pytest.raises(ValueError):
         Limits.from_env({"SEALSTORE_GATEWAY_BODY_TIMEOUT": "-1"})
+
+
+def test_expect_100_continue_is_granted_to_an_acceptable_request():
+    async def go(port):
+        head = signed_head("POST", port, "/bucket?delete", {"content-length": "10", "expect": "100-continue"},
+                           payload="UNSIGNED-PAYLOAD")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(head)
+            return await asyncio.wait_for(reader.readline(), 3)
+        finally:
+            writer.close()
+    assert serve(FAST, go).startswith(b"HTTP/1.1 100")
