@@ -449,6 +449,9 @@ class ErasureSetClient:
         await self.abort_upload(upload_id)
         if _count(outcomes, errors.NoSuchBucket) >= self.write_quorum:  # deleted meanwhile
             raise next(o for o in outcomes if isinstance(o, errors.NoSuchBucket))
+        full = [o for o in outcomes if isinstance(o, errors.StorageFull)]
+        if len(full) >= self.write_quorum:  # the client learns why, as MinIO's XMinioStorageFull
+            raise full[0]
         reasons = "; ".join(sorted({f"{type(o).__name__}: {o.message}" for o in outcomes if _failed(o)}))
         raise errors.SlowDown(f"commit {meta.bucket}/{meta.key}: {len(committed)} of {len(self.members)} "
                               f"drives committed, {self.write_quorum} needed ({reasons})")

@@ -36,6 +36,9 @@ _TABLE = [
     ("InternalError", "InternalError", 500, SC.INTERNAL, "We encountered an internal error. Please try again."),
     ("ServiceUnavailable", "ServiceUnavailable", 503, SC.UNAVAILABLE, "The service is unavailable. Please retry."),
     ("SlowDown", "SlowDown", 503, SC.UNAVAILABLE, "Not enough storage drives are online (quorum lost). Please retry."),
+    # MinIO's answer when the drives are out of space (HTTP 507 Insufficient Storage).
+    ("StorageFull", "XMinioStorageFull", 507, SC.RESOURCE_EXHAUSTED,
+     "The storage drives are out of space. Delete some objects or add drives, then retry."),
     ("NoSuchBucket", "NoSuchBucket", 404, SC.NOT_FOUND, "The specified bucket does not exist"),
     ("NoSuchKey", "NoSuchKey", 404, SC.NOT_FOUND, "The specified key does not exist."),
     ("BucketAlreadyOwnedByYou", "BucketAlreadyOwnedByYou", 409, SC.ALREADY_EXISTS,
@@ -109,6 +112,7 @@ for _name, _code, _http, _grpc, _msg in _TABLE:
 # Explicit names for linters and readers; each is one row of _TABLE above.
 ServiceUnavailable = ERRORS_BY_NAME["ServiceUnavailable"]
 SlowDown = ERRORS_BY_NAME["SlowDown"]
+StorageFull = ERRORS_BY_NAME["StorageFull"]
 NoSuchBucket = ERRORS_BY_NAME["NoSuchBucket"]
 NoSuchKey = ERRORS_BY_NAME["NoSuchKey"]
 BucketAlreadyOwnedByYou = ERRORS_BY_NAME["BucketAlreadyOwnedByYou"]

@@ -15,7 +15,7 @@ from typing import AsyncIterator
 import grpc
 
 from sealstore import errors
-from sealstore.erasure_set import ErasureSetClient, Member
+from sealstore.erasure_set import ErasureSetClient, Member, _verdict
 from sealstore.v1 import storage_pb2
 from services.crypto.erasure import StripeCoder
 
@@ -80,9 +80,10 @@ class ShardFanout:
     def _check_quorum(self) -> list[_MemberWriter]:
         alive = [w for w in self._writers if w.alive]
         if len(alive) < self.store.write_quorum:
-            reasons = "; ".join(sorted({w.error.message for w in self._writers if w.error}))
-            raise errors.SlowDown(f"only {len(alive)} of {len(self._writers)} drives are taking the upload, "
-                                  f"{self.store.write_quorum} needed ({reasons})")
+            # SlowDown, or the error write_quorum drives agree on (StorageFull when they are full).
+            outcomes = [(w.error or errors.ServiceUnavailable("shard stream ended early")) if not w.alive else w
+                        for w in self._writers]
+            raise _verdict(outcomes, self.store.write_quorum, "upload")
         return alive
 
     async def send(self, fragments: list[bytes]) -> None:

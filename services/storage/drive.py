@@ -16,10 +16,11 @@ the real key is inside meta.json.
 
 Commit protocol (crash safety): the tmp shard is fsync'd when its stream ends; commit renames
 it into the object folder, then writes meta.json atomically (temp file + fsync + rename +
-directory fsync), and only then removes the previous version's shard. Until meta.json is
-replaced, readers see the previous version (whose shard is still there); after, they see the
-new one. A crash before the rename of meta.json leaves at most an orphan shard file that no
-meta.json names.
+directory fsync). Until meta.json is replaced, readers see the previous version (whose shard
+is still there); after, they see the new one. An overwrite keeps the version it replaced for a
+minute (prev.json + its shard), so that undoing a commit that missed its write quorum puts
+that version back instead of deleting the key. A crash before the rename of meta.json leaves
+at most an orphan shard file that no meta.json names.
 
 Every method here is synchronous and does not yield, so inside the node's single asyncio
 loop two calls on one drive never interleave (which is what makes read-modify-write of
@@ -33,6 +34,8 @@ import os
 import json
 import re
 import shutil
+import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +51,12 @@ from services.storage.shardfile import (InlineShardReader, ShardReader, ShardWri
 log = logging.getLogger(__name__)
 
 MAX_KEY_BYTES = 1024
+PREVIOUS_VERSION_FILE = "prev.json"
+RETAIN_PREVIOUS_SECONDS = 60.0
+"""How long an overwrite keeps the version it replaced (prev.json and its shard): the quorum
+client undoes a commit that missed its write quorum within its call timeouts (seconds), and the
+undo puts that version back. Without it, an overwrite that failed below quorum (read-only or
+full drives) would delete the acknowledged previous version from the drives it reached."""
 DEFAULT_MAX_KEYS = 1000
 
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -134,6 +143,8 @@ class Drive:
         self.buckets = self.root / "buckets"
         self.format_file = self.root / ".sealstore" / "format.json"
         self.state, self.refusal = "online", ""
+        self._retained: deque[tuple[float, Path, str]] = deque()
+        """(expiry, object folder, data_id) of previous versions kept for an undo."""
         self._check_format()
         if self.refusal:
             log.error("drive %s refused: %s", self.root, self.refusal)
@@ -319,6 +330,7 @@ class Drive:
             stored.ClearField("inline_shard")
             if not tmp.exists():
                 raise errors.InvalidRequest(f"upload {upload_id} has no shard on this drive")
+        self._expire_retained()
         previous = self._read_meta(obj_dir)
         if conditional and (previous.data_id if previous is not None else "") != expect_data_id:
             self.abort_upload(upload_id)
@@ -326,15 +338,85 @@ class Drive:
                 f"{meta.bucket}/{meta.key} changed on this drive while it was healed "
                 f"(now {previous.data_id if previous is not None else 'absent'}, expected {expect_data_id or 'absent'})")
         _mkdirs_durable(obj_dir, self.buckets)
+        retain = not conditional and previous is not None and previous.data_id != meta.data_id
+        if retain:
+            self._drop_retained(obj_dir, None)  # an older kept version is no longer needed
+            # Written before meta.json changes: a crash in between leaves a prev.json naming the
+            # current version, harmless (an undo never restores the version it undoes), dropped
+            # by the next overwrite or delete of the key.
+            write_file_atomic(obj_dir / PREVIOUS_VERSION_FILE, (obj_dir / "meta.json").read_bytes(), mode=0o644)
         if not meta.inline:
             os.replace(tmp, obj_dir / f"{meta.data_id}.shard")
-        # write_file_atomic fsyncs obj_dir after its rename, which also makes the shard rename durable.
-        write_file_atomic(obj_dir / "meta.json", _to_json(stored), mode=0o644)
+        try:
+            # write_file_atomic fsyncs obj_dir after its rename, which also makes the shard rename durable.
+            write_file_atomic(obj_dir / "meta.json", _to_json(stored), mode=0o644)
+        except OSError:
+            # A full drive fails here: drop the shard no meta.json names, so the failed commit
+            # gives its space back instead of leaving an orphan until the next heal.
+            if not meta.inline and (previous is None or previous.data_id != meta.data_id):
+                self._remove_shard(obj_dir, meta.data_id)
+            if retain:
+                (obj_dir / PREVIOUS_VERSION_FILE).unlink(missing_ok=True)
+            raise
         if not meta.inline:
             _fsync_dir(self.tmp)
-        if previous is not None and (previous.data_id != meta.data_id or meta.inline):
+        if retain:
+            self._retained.append((time.monotonic() + RETAIN_PREVIOUS_SECONDS, obj_dir, previous.data_id))
+        elif previous is not None and (previous.data_id != meta.data_id or meta.inline):
             self._remove_shard(obj_dir, previous.data_id)
             _fsync_dir(obj_dir)
+
+    def _expire_retained(self) -> None:
+        now = time.monotonic()
+        while self._retained and self._retained[0][0] <= now:
+            _, obj_dir, data_id = self._retained.popleft()
+            self._drop_retained(obj_dir, data_id)
+
+    def _drop_retained(self, obj_dir: Path, data_id: str | None) -> None:
+        """Removes the kept previous version `data_id` (None: whichever is kept) of an object, its
+        shard only if meta.json does not name it (an undo may have made it current again)."""
+        prev = obj_dir / PREVIOUS_VERSION_FILE
+        try:
+            kept = _parse_meta(prev.read_bytes())
+        except FileNotFoundError:
+            return
+        except Exception as exc:  # unparsable: nothing to restore from it
+            log.warning("dropping unreadable %s: %s", prev, exc)
+            kept = None
+        if kept is not None and data_id is not None and kept.data_id != data_id:
+            return  # a later overwrite kept another version here; its own entry drops it
+        data_id = kept.data_id if kept is not None else data_id
+        try:
+            current = self._read_meta(obj_dir)
+        except Exception:
+            current = None
+        prev.unlink(missing_ok=True)
+        if data_id and (current is None or current.data_id != data_id):
+            self._remove_shard(obj_dir, data_id)
+        _fsync_dir(obj_dir)
+
+    def _restore_previous(self, obj_dir: Path, failed: types_pb2.ObjectMeta) -> bool:
+        """Undo of the overwrite that made `failed` current: puts back the version it replaced,
+        if it was kept and is complete on this drive. False when there is none."""
+        prev = obj_dir / PREVIOUS_VERSION_FILE
+        try:
+            raw = prev.read_bytes()
+            kept = _parse_meta(raw)
+        except FileNotFoundError:
+            return False
+        except Exception as exc:
+            log.warning("cannot restore from %s: %s", prev, exc)
+            return False
+        if kept.data_id == failed.data_id or not (kept.inline or (obj_dir / f"{kept.data_id}.shard").exists()):
+            return False
+        write_file_atomic(obj_dir / "meta.json", raw, mode=0o644)
+        prev.unlink()
+        if not failed.inline:
+            self._remove_shard(obj_dir, failed.data_id)
+        _fsync_dir(obj_dir)
+        log.info("%s/%s: undone commit of %s, version %s restored", failed.bucket, failed.key, failed.data_id,
+                 kept.data_id)
+        return True
 
     def update_encryption(self, bucket: str, key: str, expect_data_id: str, encrypted_dek: bytes,
                           kms_key_version: int) -> None:
@@ -437,6 +519,8 @@ class Drive:
         if only_data_id:
             current = self._read_meta(obj_dir)
             if current is None or current.data_id != only_data_id:
+                return
+            if self._restore_previous(obj_dir, current):
                 return
         try:
             (obj_dir / "meta.json").unlink()

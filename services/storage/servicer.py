@@ -7,6 +7,9 @@ final fsync of an uploaded shard, which can take long for a big shard, runs in a
 from __future__ import annotations
 
 import asyncio
+import errno
+import functools
+import inspect
 import logging
 
 from sealstore import errors
@@ -17,7 +20,64 @@ from services.storage.shardfile import ShardWriter
 
 log = logging.getLogger(__name__)
 
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+# A drive that cannot take writes (remounted read-only after an I/O error, or failing) is, to
+# the quorum, a drive that is not there: the others may still reach quorum.
+_UNUSABLE = (errno.EROFS, errno.EIO)
 
+
+def drive_error(exc: OSError, where: str) -> errors.SealstoreError | None:
+    """The typed error for an OSError of a drive, None for one that is not about the drive."""
+    if exc.errno in _FULL:
+        return errors.StorageFull(f"{where}: drive full ({exc.strerror})")
+    if exc.errno in _UNUSABLE:
+        return errors.ServiceUnavailable(f"{where}: drive unusable ({exc.strerror})")
+    return None
+
+
+def _typed_os_errors(method):
+    """Raises a drive's OSError as its typed error (an untyped one reaches callers as a 500)."""
+    where = method.__name__
+
+    def typed(exc: OSError) -> errors.SealstoreError | None:
+        err = drive_error(exc, where)
+        if err is not None:
+            log.warning("%s failed: %s", where, exc)
+        return err
+
+    if inspect.isasyncgenfunction(method):
+        @functools.wraps(method)
+        async def stream(self, request, context):
+            try:
+                async for item in method(self, request, context):
+                    yield item
+            except OSError as exc:
+                err = typed(exc)
+                if err is None:
+                    raise
+                raise err from None
+        return stream
+
+    @functools.wraps(method)
+    async def unary(self, request, context):
+        try:
+            return await method(self, request, context)
+        except OSError as exc:
+            err = typed(exc)
+            if err is None:
+                raise
+            raise err from None
+    return unary
+
+
+def _with_typed_os_errors(cls):
+    for name, member in list(vars(cls).items()):
+        if name[:1].isupper() and (inspect.iscoroutinefunction(member) or inspect.isasyncgenfunction(member)):
+            setattr(cls, name, _typed_os_errors(member))
+    return cls
+
+
+@_with_typed_os_errors
 class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
     def __init__(self, node: Node):
         self.node = node

@@ -8,6 +8,7 @@ import pytest
 
 from sealstore import errors
 from sealstore.v1 import types_pb2
+from services.storage import drive as drive_module
 from services.storage.drive import Drive
 from services.storage.node import Node
 
@@ -99,15 +100,18 @@ def test_long_and_unicode_keys(drive):
         drive.get_object_meta("photos", "k" * 1025)
 
 
-def test_overwrite_replaces_version_and_removes_old_shard(drive):
+def test_overwrite_replaces_version_and_removes_old_shard(drive, monkeypatch):
+    monkeypatch.setattr(drive_module, "RETAIN_PREVIOUS_SECONDS", 0.0)
     put(drive, "photos", "k", "v1", [b"1" * 10])
     with drive.open_shard("photos", "k", "v1") as old_reader:
         put(drive, "photos", "k", "v2", [b"2" * 10, b"2"])
+        put(drive, "photos", "other", "o1", [b"o"])  # the next commit drops what expired
         # A reader that opened v1 keeps reading it even though the file is gone.
         assert old_reader.read_block(0) == b"1" * 10
     assert drive.get_object_meta("photos", "k").data_id == "v2"
     assert read_all(drive, "photos", "k") == [b"2" * 10, b"2"]
     assert not (object_dir(drive, "photos", "k") / "v1.shard").exists()
+    assert not (object_dir(drive, "photos", "k") / "prev.json").exists()
     with pytest.raises(errors.NoSuchKey):
         drive.open_shard("photos", "k", "v1")
 
@@ -207,6 +211,34 @@ def test_conditional_delete_spares_a_newer_version(drive):
     drive.delete_object("photos", "k", only_data_id="old")  # the undo of a failed commit of "old"
     assert drive.get_object_meta("photos", "k").data_id == "new"
     assert read_all(drive, "photos", "k") == [b"2"]
-    drive.delete_object("photos", "k", only_data_id="new")
+    drive.delete_object("photos", "k")
+    with pytest.raises(errors.NoSuchKey):
+        drive.get_object_meta("photos", "k")
+
+
+def test_undone_overwrite_puts_the_previous_version_back(drive):
+    """An overwrite that missed its write quorum is undone on the drives it reached: the version
+    it replaced comes back (deleting the key there would lose an acknowledged object when the
+    drives that missed the commit are fewer than the read quorum)."""
+    put(drive, "photos", "k", "v1", [b"1" * 10])
+    put(drive, "photos", "k", "v2", [b"2" * 10], mtime=2)
+    put(drive, "photos", "k", "v3", [b"3" * 10], mtime=3)
+    drive.delete_object("photos", "k", only_data_id="v3")
+    assert drive.get_object_meta("photos", "k").data_id == "v2"
+    assert read_all(drive, "photos", "k") == [b"2" * 10]
+    folder = object_dir(drive, "photos", "k")
+    assert sorted(p.name for p in folder.iterdir()) == ["meta.json", "v2.shard"]
+    # Nothing more is kept: a second undo of v2 deletes the key.
+    drive.delete_object("photos", "k", only_data_id="v2")
+    with pytest.raises(errors.NoSuchKey):
+        drive.get_object_meta("photos", "k")
+
+
+def test_undo_without_a_kept_version_deletes(drive, monkeypatch):
+    monkeypatch.setattr(drive_module, "RETAIN_PREVIOUS_SECONDS", 0.0)
+    put(drive, "photos", "k", "v1", [b"1"])
+    put(drive, "photos", "k", "v2", [b"2"], mtime=2)
+    put(drive, "photos", "x", "x1", [b"x"])  # expires what v2 kept
+    drive.delete_object("photos", "k", only_data_id="v2")
     with pytest.raises(errors.NoSuchKey):
         drive.get_object_meta("photos", "k")
