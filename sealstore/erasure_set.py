@@ -99,6 +99,24 @@ def _majority(messages: list) -> object:
     return next(m for m in messages if m.SerializeToString(deterministic=True) == best)
 
 
+def _names_other_object(meta: types_pb2.ObjectMeta, bucket: str, key: str) -> bool:
+    return meta.bucket != bucket or meta.key != key
+
+
+def _without_foreign_copies(outcomes: list, metas: list, bucket: str, key: str) -> list:
+    """`outcomes` with ObjectTampered in place of each copy whose metadata (`metas[i]`) names
+    another object than the one requested: metadata moved or copied on a drive. Such a copy is a
+    bad copy for the quorum: read around while enough good copies remain, never chosen."""
+    foreign = [i for i, meta in enumerate(metas) if meta is not None and _names_other_object(meta, bucket, key)]
+    if not foreign:
+        return outcomes
+    # One line per read; the stored names only through repr: they are attacker-controlled bytes.
+    log.warning("%s/%s: members %s hold metadata naming another object (%r/%r); not used", bucket, key,
+                foreign, metas[foreign[0]].bucket, metas[foreign[0]].key)
+    tampered = errors.ObjectTampered(f"{bucket}/{key}: a drive's metadata names another object", resource=key)
+    return [tampered if i in foreign else o for i, o in enumerate(outcomes)]
+
+
 def comparable_meta(meta: types_pb2.ObjectMeta) -> bytes:
     """A version's metadata as every member should hold it (shard_index differs by member)."""
     copy = types_pb2.ObjectMeta()
@@ -266,6 +284,8 @@ class ErasureSetClient:
             return m.stub.GetObjectMeta(storage_pb2.ObjectRequest(bucket=bucket, key=key, drive=m.drive),
                                         timeout=self.timeout)
         outcomes = await self._each_member(call)
+        metas = [o if isinstance(o, types_pb2.ObjectMeta) else None for o in outcomes]
+        outcomes = _without_foreign_copies(outcomes, metas, bucket, key)
         # NoSuchBucket only when too few members could have the bucket for any read to succeed:
         # members that lost it with their drive (wiped, replaced) must not hide it from the others.
         if _count(outcomes, errors.NoSuchBucket) > len(self.members) - self.read_quorum:
@@ -488,11 +508,15 @@ class ErasureSetClient:
         raise _verdict(outcomes, self.write_quorum, f"rewrap {bucket}/{key}")
 
     async def check_shards(self, bucket: str, key: str, deep: bool) -> list:
-        """Each member's CheckShardResponse for the object, or its error (unreachable, refused)."""
+        """Each member's CheckShardResponse for the object, or its error (unreachable, refused,
+        or ObjectTampered for a copy naming another object: healing neither trusts nor reads it)."""
         def call(m: Member):
             return m.stub.CheckShard(storage_pb2.CheckShardRequest(bucket=bucket, key=key, drive=m.drive, deep=deep),
                                      timeout=None if deep else self.timeout)
-        return await self._each_member(call)
+        outcomes = await self._each_member(call)
+        metas = [None if _failed(o) or o.state == storage_pb2.CheckShardResponse.NO_META else o.meta
+                 for o in outcomes]
+        return _without_foreign_copies(outcomes, metas, bucket, key)
 
     async def member_keys(self, member: int, bucket: str) -> list[storage_pb2.ObjectEntry]:
         """Every object one member lists in the bucket (all pages); raises the member's error."""

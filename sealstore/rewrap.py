@@ -6,7 +6,8 @@ Why this is cheap and safe: an object's data is encrypted under its OEK, sealed 
 derived from the DEK (services/crypto/keys.py); the key version only decides how the DEK itself
 is wrapped. The kms's ReWrap turns the DEK ciphertext into one under the newest version inside
 the kms (the plaintext DEK never leaves it), bound to the same AAD the worker used at PUT
-(`sse_context.kms_context`). Only `encryption.encrypted_dek` (and `kms_key_version`) change in
+(`sse_context.kms_context` of the bucket and key being walked, never of the names stored in the
+metadata: a copy naming another object is ObjectTampered and counts as failed). Only `encryption.encrypted_dek` (and `kms_key_version`) change in
 each drive's meta.json; the shard files, the sealed OEK and the IV stay byte for byte.
 
 Per object: read every member's metadata, take the quorum version, skip it if it is not SSE-KMS,
@@ -178,6 +179,8 @@ async def _rewrap_one(store: ObjectMetadata, kms: KeyVersions, newest: _NewestVe
         if not any(m is not None for m in metas):
             return "skipped"  # deleted since it was listed
         raise errors.SlowDown(f"no read quorum for the metadata of {bucket}/{key}")
+    if meta.bucket != bucket or meta.key != key:
+        raise errors.ObjectTampered(f"{bucket}/{key}: the stored metadata names another object", resource=key)
     envelope = meta.encryption
     if not meta.HasField("encryption") or not envelope.kms_key_name:
         return "skipped"
@@ -185,7 +188,7 @@ async def _rewrap_one(store: ObjectMetadata, kms: KeyVersions, newest: _NewestVe
         return "skipped"
     if envelope_key_version(envelope) >= await newest.get(envelope.kms_key_name):
         return "skipped"
-    aad = kms_context(meta.bucket, meta.key, parse_context_json(envelope.context_json))
+    aad = kms_context(bucket, key, parse_context_json(envelope.context_json))
     ciphertext, version = await kms.rewrap(envelope.kms_key_name, envelope.encrypted_dek, aad)
     holders = [i for i, m in enumerate(metas) if m is not None and m.data_id == meta.data_id]
     try:

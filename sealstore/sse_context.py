@@ -40,40 +40,23 @@ def parse_context_json(text: str) -> dict[str, str]:
     return validate_context(value)
 
 
-def go_path_clean(path: str) -> str:
-    """Go's path.Clean: lexical shortest equivalent ('.' for empty)."""
-    if path == "":
-        return "."
-    rooted = path.startswith("/")
-    parts: list[str] = []
-    for part in path.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if parts and parts[-1] != "..":
-                parts.pop()
-            elif not rooted:
-                parts.append("..")
-            continue
-        parts.append(part)
-    cleaned = "/".join(parts)
-    if rooted:
-        return "/" + cleaned
-    return cleaned or "."
-
-
 def object_path(bucket: str, object_name: str) -> str:
-    """Go's path.Join(bucket, object): the canonical "bucket/object" bound into AAD and KEK."""
-    elements = [e for e in (bucket, object_name) if e]
-    if not elements:
-        return ""
-    return go_path_clean("/".join(elements))
+    """The "bucket/object" bound into the kms AAD and the KEK: the request's names exactly as
+    sent, joined by one '/'. No cleaning: storage keeps the raw key, so a cleaned binding would
+    let `a/../c` and `c` (or `../b2/B` in b1 and `B` in b2) unseal each other's keys. Injective
+    because a bucket name never contains '/' (refused here, not only by the bucket rules), so
+    the first '/' always ends the bucket."""
+    if not bucket or "/" in bucket:
+        raise errors.InvalidBucketName(f"the bucket name {bucket!r} cannot be bound to an object",
+                                       resource=bucket)
+    return f"{bucket}/{object_name}"
 
 
 def kms_context(bucket: str, object_name: str, client_context: Mapping[str, str]) -> bytes:
     """The AAD sent to the kms for an object's DEK (GenerateKey, Decrypt, ReWrap): the client
-    context plus {bucket: "bucket/object"} unless the client already used the bucket name as a
-    key. Shared so that the crypto worker and the rewrap walker bind to the same bytes."""
+    context plus {bucket: object_path(bucket, object)} unless the client already used the bucket
+    name as a key. Shared so that the crypto worker and the rewrap walker bind to the same bytes;
+    both must pass the names of the request, never those read from stored metadata."""
     context = validate_context(client_context)
     if bucket not in context:
         context[bucket] = object_path(bucket, object_name)

@@ -5,6 +5,12 @@ must hear as a clean error (NoSuchKey, InvalidRange, KMSDisabled, KMSNotFound, a
 key that does not authenticate) before any byte is sent; `ObjectReader.chunks` then reads
 only the stripes covering the range and decrypts from the right sequence number. Every
 authentication failure is ObjectTampered: garbage is never returned.
+
+Bucket and object name come from the request only: they locate the shards and are bound into
+the kms context and the KEK. The names stored in the metadata are only compared with them
+(a copy naming another object is a bad copy, see erasure_set `_meta_outcomes`), so metadata
+moved or copied on the drives can never make one object's plaintext readable under another
+name.
 """
 from __future__ import annotations
 
@@ -90,6 +96,9 @@ def resolve_range(size: int, requested: RangeRequest | None) -> ResolvedRange:
 @dataclass
 class ObjectReader:
     store: ErasureSetClient
+    # The request's names: where the shards are read from (never meta.bucket / meta.key).
+    bucket: str
+    key: str
     meta: types_pb2.ObjectMeta
     range: ResolvedRange
     oek: bytearray | None
@@ -115,7 +124,7 @@ class ObjectReader:
             if out:
                 yield bytes(out)
             if self.suspects:
-                schedule_heal(self.store, self.meta.bucket, self.meta.key, self.suspects)
+                schedule_heal(self.store, self.bucket, self.key, self.suspects)
         finally:
             if self.oek is not None:
                 keys.zero(self.oek)
@@ -125,16 +134,16 @@ class ObjectReader:
         layout = self.meta.erasure
         stripe_size = layout.stripe_size
         if offset + length > self.meta.stored_size or stripe_size == 0:
-            raise errors.ObjectTampered(f"{self.meta.bucket}/{self.meta.key}: metadata sizes are inconsistent")
+            raise errors.ObjectTampered(f"{self.bucket}/{self.key}: metadata sizes are inconsistent")
         coder = erasure.StripeCoder(layout.data_shards, layout.parity_shards, layout.ec_type or erasure.EC_TYPE)
         first, count = erasure.stripe_span(offset, length, stripe_size)
-        reader = StripeReader(self.store, coder, self.meta.bucket, self.meta.key, self.meta.data_id, self.holders)
+        reader = StripeReader(self.store, coder, self.bucket, self.key, self.meta.data_id, self.holders)
         stripe_index = first
         async for stripe in self._noting_bad_members(reader, first, count):
             start = stripe_index * stripe_size
             expected = min(stripe_size, self.meta.stored_size - start)
             if len(stripe) != expected:
-                raise errors.ObjectTampered(f"{self.meta.bucket}/{self.meta.key}: stripe {stripe_index} "
+                raise errors.ObjectTampered(f"{self.bucket}/{self.key}: stripe {stripe_index} "
                                             f"has {len(stripe)} bytes, {expected} expected")
             lo = max(offset, start) - start
             hi = min(offset + length, start + len(stripe)) - start
@@ -151,7 +160,7 @@ class ObjectReader:
     async def _decrypted(self) -> AsyncIterator[memoryview]:
         size, enc = self.meta.size, self.meta.encryption
         if dare.encrypted_size(size) != self.meta.stored_size:
-            raise errors.ObjectTampered(f"{self.meta.bucket}/{self.meta.key}: stored size does not match")
+            raise errors.ObjectTampered(f"{self.bucket}/{self.key}: stored size does not match")
         span = dare.package_range(self.range.offset, self.range.length, size)
         last_package = dare.package_count(size) - 1
         decryptor = dare.DareDecryptor(self.oek, seq=span.first_package, last_seq=last_package,
@@ -171,7 +180,7 @@ class ObjectReader:
         else:
             decryptor.check_complete_prefix()
         if remaining:
-            raise errors.ObjectTampered(f"{self.meta.bucket}/{self.meta.key}: {remaining} bytes missing")
+            raise errors.ObjectTampered(f"{self.bucket}/{self.key}: {remaining} bytes missing")
 
 
 async def open_object(store: ErasureSetClient | ErasureSets, kms: KmsClient, bucket: str, key: str,
@@ -192,28 +201,38 @@ async def open_object(store: ErasureSetClient | ErasureSets, kms: KmsClient, buc
     suspects = {i for i, o in enumerate(outcomes)
                 if isinstance(o, (errors.NoSuchKey, errors.NoSuchBucket))
                 or (isinstance(o, types_pb2.ObjectMeta) and o.data_id != meta.data_id and o.mtime_ns < meta.mtime_ns)}
+    check_names(meta, bucket, key)
     resolved = resolve_range(meta.size, requested)
-    oek = await unseal_object_key(kms, meta) if meta.HasField("encryption") else None
-    return ObjectReader(store, meta, resolved, oek, holders, suspects)
+    oek = await unseal_object_key(kms, meta, bucket, key) if meta.HasField("encryption") else None
+    return ObjectReader(store, bucket, key, meta, resolved, oek, holders, suspects)
 
 
-async def unseal_object_key(kms: KmsClient, meta: types_pb2.ObjectMeta) -> bytearray:
-    """kms Decrypt of the DEK, then the OEK from the sealed key (both bound to bucket/object)."""
+def check_names(meta: types_pb2.ObjectMeta, bucket: str, key: str) -> None:
+    """ObjectTampered unless the metadata names the requested object. The quorum client already
+    drops such copies; this keeps the worker safe with any store that does not."""
+    if meta.bucket != bucket or meta.key != key:
+        raise errors.ObjectTampered(f"{bucket}/{key}: the stored metadata names another object",
+                                    resource=key)
+
+
+async def unseal_object_key(kms: KmsClient, meta: types_pb2.ObjectMeta, bucket: str, key: str) -> bytearray:
+    """kms Decrypt of the DEK, then the OEK from the sealed key, both bound to the requested
+    `bucket`/`key`. A DEK of another object is refused by the kms (KMSInvalidCiphertext: the
+    kms cannot tell it from a key deleted and created again, so its error stands)."""
     enc = meta.encryption
     if enc.seal_algorithm != keys.SEAL_ALGORITHM or enc.domain != keys.DOMAIN_SSE_KMS:
-        raise errors.NotImplementedS3(f"{meta.bucket}/{meta.key} uses unsupported sealing "
+        raise errors.NotImplementedS3(f"{bucket}/{key} uses unsupported sealing "
                                       f"{enc.seal_algorithm!r}/{enc.domain!r}")
     try:
         dare.cipher_id(enc.cipher)
     except ValueError:
-        raise errors.NotImplementedS3(f"{meta.bucket}/{meta.key} uses unsupported cipher {enc.cipher!r}") from None
-    aad = keys.kms_context(meta.bucket, meta.key, keys.parse_context_json(enc.context_json))
+        raise errors.NotImplementedS3(f"{bucket}/{key} uses unsupported cipher {enc.cipher!r}") from None
+    aad = keys.kms_context(bucket, key, keys.parse_context_json(enc.context_json))
     dek = bytearray(await kms.decrypt(enc.kms_key_name, enc.encrypted_dek, aad))
     try:
-        ctx = keys.SealContext(meta.bucket, meta.key, bytes(enc.iv), domain=enc.domain,
-                               algorithm=enc.seal_algorithm)
+        ctx = keys.SealContext(bucket, key, bytes(enc.iv), domain=enc.domain, algorithm=enc.seal_algorithm)
         return keys.unseal_oek(dek, enc.sealed_oek, ctx)
     except ValueError:
-        raise errors.ObjectTampered(f"{meta.bucket}/{meta.key}: malformed encryption envelope") from None
+        raise errors.ObjectTampered(f"{bucket}/{key}: malformed encryption envelope") from None
     finally:
         keys.zero(dek)

@@ -3,7 +3,7 @@
     DEK  = data key from the kms (GenerateKey(name, AAD) / Decrypt(name, ciphertext, AAD))
     OEK  = HMAC-SHA256(DEK, "object-encryption-key generation" || 32 random bytes)
     IV   = 32 random bytes, stored
-    KEK  = HMAC-SHA256(DEK, IV || domain || "DAREv2-HMAC-SHA256" || path.Join(bucket, object))
+    KEK  = HMAC-SHA256(DEK, IV || domain || "DAREv2-HMAC-SHA256" || bucket || "/" || object)
     sealed OEK = one final DARE 2.0 package of the OEK under the KEK (64 bytes), stored
 
 docs/crypto.md states every step; nothing here does I/O or logs key bytes.
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from sealstore import errors
 # The canonical form and the AAD live in the shared library: the gateway parses the same context and
 # the rewrap walker (sealstore/rewrap.py) must bind to the same AAD.
-from sealstore.sse_context import (canonical_context_json, go_path_clean, kms_context, object_path,  # noqa: F401
+from sealstore.sse_context import (canonical_context_json, kms_context, object_path,  # noqa: F401
                                    parse_context_json, validate_context)
 from services.crypto import dare
 
@@ -34,7 +34,7 @@ SEALED_KEY_SIZE = dare.HEADER_SIZE + KEY_SIZE + dare.TAG_SIZE
 
 @dataclass(frozen=True)
 class SealContext:
-    """What a sealed object key is bound to."""
+    """What a sealed object key is bound to: on unseal, the bucket and object of the request."""
 
     bucket: str
     object_name: str
@@ -63,7 +63,7 @@ def generate_oek(dek: bytes | bytearray, random: bytes | None = None) -> bytearr
 
 
 def derive_kek(dek: bytes | bytearray, ctx: SealContext) -> bytearray:
-    """KEK = HMAC-SHA256(DEK, IV || domain || algorithm || path.Join(bucket, object))."""
+    """KEK = HMAC-SHA256(DEK, IV || domain || algorithm || bucket || "/" || object), names as sent."""
     _check_key(dek, "DEK")
     message = (ctx.iv + ctx.domain.encode() + ctx.algorithm.encode()
                + object_path(ctx.bucket, ctx.object_name).encode())

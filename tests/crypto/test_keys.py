@@ -82,24 +82,52 @@ def test_unseal_with_wrong_dek_or_damaged_key_fails_typed():
         keys.unseal_oek(DEK, bytes(bad), CTX)
 
 
-def test_clean_path_is_part_of_the_binding():
-    # path.Join cleans the name, so these spell the same object (as in MinIO).
-    same = keys.SealContext("mybucket", "dir//./obj", IV)
-    assert bytes(keys.unseal_oek(DEK, bytes.fromhex(SEALED_AES_KAT), same)).hex() == OEK_KAT
+# (bucket, key) pairs that Go's path.Join (the binding before issue 7) folded into one path,
+# while storage kept them apart (the key is hashed raw on disk).
+ALIASES = [
+    (("mybucket", "a/../c"), ("mybucket", "c")),
+    (("mybucket", "a//b"), ("mybucket", "a/b")),
+    (("mybucket", "./x"), ("mybucket", "x")),
+    (("mybucket", "dir/"), ("mybucket", "dir")),
+    (("mybucket", "/o"), ("mybucket", "o")),
+    (("b1", "../b2/B"), ("b2", "B")),
+]
+
+
+@pytest.mark.parametrize("first,second", ALIASES)
+def test_distinct_names_never_share_a_binding(first, second):
+    assert keys.object_path(*first) != keys.object_path(*second)
+    assert keys.kms_context(*first, {}) != keys.kms_context(*second, {})
+    assert keys.derive_kek(DEK, keys.SealContext(*first, IV)) != keys.derive_kek(DEK, keys.SealContext(*second, IV))
+
+
+@pytest.mark.parametrize("first,second", ALIASES)
+def test_a_key_sealed_for_one_name_does_not_unseal_for_another(first, second):
+    sealed = keys.seal_oek(DEK, bytes.fromhex(OEK_KAT), keys.SealContext(*first, IV))
+    assert bytes(keys.unseal_oek(DEK, sealed, keys.SealContext(*first, IV))).hex() == OEK_KAT
+    with pytest.raises(errors.ObjectTampered):
+        keys.unseal_oek(DEK, sealed, keys.SealContext(*second, IV))
 
 
 @pytest.mark.parametrize("bucket,obj,expected", [
-    ("b", "o", "b/o"), ("b", "a/b/c", "b/a/b/c"), ("b", "a//b", "b/a/b"), ("b", "a/./b/", "b/a/b"),
-    ("b", "a/../c", "b/c"), ("b", "../../x", "../x"), ("b", "", "b"), ("", "", ""), ("b", "/o", "b/o"),
+    ("b", "o", "b/o"), ("b", "a/b/c", "b/a/b/c"), ("b", "a//b", "b/a//b"), ("b", "a/./b/", "b/a/./b/"),
+    ("b", "a/../c", "b/a/../c"), ("b", "../../x", "b/../../x"), ("b", "/o", "b//o"), ("b", "é/ü", "b/é/ü"),
 ])
-def test_object_path_is_go_path_join(bucket, obj, expected):
+def test_object_path_is_the_names_as_sent(bucket, obj, expected):
     assert keys.object_path(bucket, obj) == expected
 
 
-def test_go_path_clean_rooted():
-    assert keys.go_path_clean("//a/../b") == "/b"
-    assert keys.go_path_clean("/..") == "/"
-    assert keys.go_path_clean("") == "."
+def test_clean_names_bind_as_before():
+    """Objects written before issue 7 under clean names keep their binding: the frozen KEK above
+    and this one (computed with Go's path.Join) still match."""
+    old_kek = hmac.new(DEK, IV + b"SSE-KMS" + b"DAREv2-HMAC-SHA256" + b"mybucket/dir/sub/obj", hashlib.sha256).digest()
+    assert bytes(keys.derive_kek(DEK, keys.SealContext("mybucket", "dir/sub/obj", IV))) == old_kek
+
+
+@pytest.mark.parametrize("bucket", ["", "b1/..", "a/b"])
+def test_a_bucket_that_could_hide_a_slash_is_refused(bucket):
+    with pytest.raises(errors.InvalidBucketName):
+        keys.object_path(bucket, "o")
 
 
 def test_kms_context_adds_bucket_entry():
