@@ -222,7 +222,7 @@ class S3Api:
             return self.authenticator.authenticate(request.method, raw_path, raw_query, request.headers.items())
         except errors.SealstoreError as err:
             if err.http_status < 500:
-                self.throttle.failed(address, f"{err.code}: {err.message[:200]}")
+                self.throttle.failed(address, f"{err.code}: {ascii(err.message[:200])}")
                 err.logged = True  # the throttle logs each burst once, not each request
             raise
 

@@ -48,13 +48,18 @@ def error_response(request: web.Request, err: errors.SealstoreError, request_id:
     return response
 
 
+def printable(text: str, limit: int = 200) -> str:
+    """Client-controlled text as one safe log line: no newlines or control bytes to forge entries."""
+    return ascii(text[:limit])[1:-1]
+
+
 def _log_refusal(request: web.Request, err: errors.SealstoreError) -> None:
     """One line per refused request: INFO for client errors, WARNING for server-side ones."""
     if getattr(err, "logged", False):
         return
     level = logging.WARNING if err.http_status >= 500 and err.http_status != 501 else logging.INFO
-    log.log(level, "%s %s %s -> %d %s: %s", request.remote, request.method, request.path[:200],
-            err.http_status, err.code, err.message[:200])
+    log.log(level, "%s %s %s -> %d %s: %s", request.remote, printable(request.method), printable(request.path),
+            err.http_status, err.code, printable(err.message))
 
 
 @web.middleware
@@ -121,7 +126,7 @@ class _QuietServerLog(logging.LoggerAdapter):
     def exception(self, msg, *args, exc_info=True, **kwargs):
         exc = exc_info if isinstance(exc_info, BaseException) else None
         if isinstance(exc, HttpProcessingError) and (exc.code or 400) < 500:
-            self.logger.info("refused malformed HTTP request: %s", str(exc).replace("\n", " ")[:300])
+            self.logger.info("refused malformed HTTP request: %s", printable(str(exc), 300))
             return
         self.logger.error(msg, *args, exc_info=exc_info, **kwargs)
 
