@@ -99,8 +99,16 @@ def test_compose_up_serves_sse_kms(compose_cluster):
 
     ps = subprocess.run([*compose, "ps", "--format", "json"], cwd=REPO, env=env, capture_output=True, text=True)
     running = {json.loads(line)["Service"] for line in ps.stdout.splitlines() if line.strip()}
-    assert {"kms", "crypto", "gateway", "storage1", "storage2", "storage3", "storage4"} <= running
-    assert "compose-key" in in_container("kms", "sealstore", "key", "create", "compose-key", wait=60)
+    assert {"kms", "crypto", "gateway", "storage1", "storage2", "storage3", "storage4", "admin"} <= running
+    # Each container holds the CA certificate and its own certificate and key, nothing else.
+    for service, instance in (("kms", "kms"), ("gateway", "gateway-0"), ("crypto", "crypto-0"),
+                              ("storage3", "storage-2"), ("admin", "admin")):
+        files = set(in_container(service, "ls", "/secrets/certs").split())
+        expected = {"ca.pem", f"{instance}.pem", f"{instance}-key.pem"} | ({"identities.json"} if service == "kms" else set())
+        assert files == expected, (service, files)
+        has_creds = in_container(service, "sh", "-c", "test -e /secrets/credentials.json && echo yes || echo no").strip()
+        assert has_creds == ("yes" if service == "gateway" else "no"), service
+    assert "compose-key" in in_container("admin", "sealstore", "key", "create", "compose-key", wait=60)
     creds = json.loads(in_container("gateway", "cat", "/secrets/credentials.json"))
     s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
                       aws_access_key_id=creds["access_key"], aws_secret_access_key=creds["secret_key"],
@@ -111,9 +119,9 @@ def test_compose_up_serves_sse_kms(compose_cluster):
     body = os.urandom(3 << 20)
     assert s3.put_object(Bucket="compose", Key="o", Body=body)["ServerSideEncryption"] == "aws:kms"
     assert s3.get_object(Bucket="compose", Key="o")["Body"].read() == body
-    in_container("kms", "sealstore", "key", "disable", "compose-key")
+    in_container("admin", "sealstore", "key", "disable", "compose-key")
     with pytest.raises(ClientError) as exc:
         s3.get_object(Bucket="compose", Key="o")
     assert exc.value.response["Error"]["Code"] == "KMS.DisabledException"
-    in_container("kms", "sealstore", "key", "enable", "compose-key")
+    in_container("admin", "sealstore", "key", "enable", "compose-key")
     assert s3.get_object(Bucket="compose", Key="o", Range="bytes=10-99")["Body"].read() == body[10:100]
