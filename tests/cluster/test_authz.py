@@ -204,3 +204,43 @@ def test_kms_policy_names_each_instance(cluster):
     ids = tls.instance_identities(cluster.data / "certs")
     assert policy["admin"] == ids["admin"]
     assert policy["identities"] == {ids["gateway-0"]: "gateway", ids["crypto-0"]: "crypto"}
+
+
+def test_a_data_folder_of_an_earlier_version_is_upgraded(tmp_path):
+    """Old certificates (shared names, both usages) and the old default kms policy (the gateway
+    managed keys) are replaced on `sealstore run`; the cluster then works with the new ones."""
+    from services.kms import policy as kms_policy
+    from tests.cluster.harness import start_cluster, stop_cluster
+    from tests.pki.certs import legacy_certificate
+
+    certs = tmp_path / "data" / "certs"
+    tls.ensure_dev_pki(certs)
+    for path in certs.glob("*.pem"):
+        if not path.name.startswith("ca"):
+            path.unlink()
+    for role in tls.ROLES:
+        legacy_certificate(certs, role)
+    old = {role: tls.identity_of((certs / f"{role}.pem").read_bytes()) for role in tls.ROLES}
+    policy_path = tmp_path / "data" / "kms" / "policy.json"
+    policy_path.parent.mkdir(parents=True, mode=0o700)
+    policy_path.write_text(json.dumps({"admin": old["admin"], "policies": kms_policy._LEGACY_DEFAULT_POLICIES,
+                                       "identities": {old["gateway"]: "gateway", old["crypto"]: "crypto"}}))
+    cluster = start_cluster(tmp_path)
+    try:
+        assert "replaced the certificates of an earlier version" in cluster.output.read_text()
+        assert not (certs / "gateway.pem").exists() and not (certs / "storage.pem").exists()
+        new = tls.instance_identities(certs)
+        policy = json.loads(policy_path.read_text())
+        assert policy["admin"] == new["admin"] and old["gateway"] not in policy["identities"]
+        with rpc.sync_channel(certs, "gateway", address_of(cluster, "kms"), server="kms") as channel:
+            with pytest.raises(grpc.RpcError) as exc:
+                kms_pb2_grpc.KeyServiceStub(channel).CreateKey(kms_pb2.CreateKeyRequest(name="upgrade-gw"), timeout=10)
+            assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        cluster.cli("key", "create", "upgrade-key")
+        s3 = cluster.s3()
+        s3.create_bucket(Bucket="upgraded")
+        s3.put_object(Bucket="upgraded", Key="o", Body=b"after the upgrade", ServerSideEncryption="aws:kms",
+                      SSEKMSKeyId="upgrade-key")
+        assert s3.get_object(Bucket="upgraded", Key="o")["Body"].read() == b"after the upgrade"
+    finally:
+        stop_cluster(cluster)

@@ -70,3 +70,22 @@ def stranger(cluster_certs: Path, out: Path) -> str:
     """A client certificate from the cluster CA that no policy names (a gateway instance the
     cluster never configured): it may connect, and must be allowed nothing but health."""
     return issue(cluster_certs, out, "gateway-99", role="gateway", usages=(CLIENT,))
+
+
+def legacy_certificate(certs: Path, role: str) -> None:
+    """<certs>/<role>.pem as ensure_dev_pki made them before role identities: signed by the
+    cluster CA, every service name, both usages, no role URI."""
+    ca_key = serialization.load_pem_private_key((certs / "ca-key.pem").read_bytes(), None)
+    ca = x509.load_pem_x509_certificate((certs / "ca.pem").read_bytes())
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    names = [x509.DNSName(n) for n in ("localhost", "kms", "crypto", "gateway")]
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"sealstore-{role}")]))
+            .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([SERVER, CLIENT]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    (certs / f"{role}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (certs / f"{role}-key.pem").write_bytes(_pem(key))

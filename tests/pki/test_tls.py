@@ -5,19 +5,15 @@ crypto, gateway) and both usages, so any role could answer as the kms or the cry
 from __future__ import annotations
 
 import asyncio
-import datetime
 from pathlib import Path
 
 import grpc
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from sealstore import rpc, tls
-from tests.pki.certs import CLIENT, SERVER, issue, new_ca
+from tests.pki.certs import CLIENT, SERVER, issue, legacy_certificate, new_ca
 
 
 @pytest.fixture(scope="module")
@@ -82,32 +78,12 @@ def test_identities_file_lists_every_instance_for_the_kms(certs, tmp_path):
     assert sorted(p.name for p in storage) == ["ca.pem", "storage-1-key.pem", "storage-1.pem"]
 
 
-def _legacy_cert(certs: Path, role: str) -> None:
-    """A certificate as the earlier ensure_dev_pki made them: every name, both usages, no URI."""
-    ca_key = serialization.load_pem_private_key((certs / "ca-key.pem").read_bytes(), None)
-    ca = x509.load_pem_x509_certificate((certs / "ca.pem").read_bytes())
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"sealstore-{role}")]))
-            .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in ("localhost", "kms", "crypto", "gateway")]),
-                           critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    (certs / f"{role}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (certs / f"{role}-key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                              serialization.PrivateFormat.PKCS8,
-                                                              serialization.NoEncryption()))
-
-
 def test_certificates_of_an_earlier_version_are_replaced(tmp_path):
     certs = tmp_path / "certs"
     tls.ensure_dev_pki(certs)
     ca_before = (certs / "ca.pem").read_bytes()
     for role in ("storage", "gateway", "crypto", "kms"):
-        _legacy_cert(certs, role)
+        legacy_certificate(certs, role)
     old_kms = (certs / "kms.pem").read_bytes()
     removed = tls.ensure_dev_pki(certs)
     assert set(removed) >= {"storage.pem", "storage-key.pem", "gateway.pem", "crypto.pem", "kms.pem"}
