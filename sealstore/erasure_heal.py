@@ -10,8 +10,9 @@ For one object (`heal_object`):
    object is either unrecoverable (some members are offline: wait) or dangling (the leftover
    of a PUT that never reached quorum, every member answered, older than DANGLING_GRACE_S:
    its copies are removed);
-3. members without that version (no copy, an older one, a missing or corrupt shard, or named
-   by the caller as having failed a read) are targets: the stripes are read from k good
+3. members without that version (no copy, an older one, a missing or corrupt shard, unreadable
+   metadata, metadata naming another object, or named by the caller as having failed a read)
+   are targets: the stripes are read from k good
    members, decoded, re-encoded, and fragment i is streamed to target i as a new temporary
    shard, then committed *conditionally*: only if the target still holds what it held when it
    was checked, so a concurrent PUT or DELETE always wins over a heal.
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from prometheus_client import Counter
 
 from sealstore import errors
-from sealstore.erasure_set import ErasureSetClient, ErasureSets, comparable_meta
+from sealstore.erasure_set import CORRUPT_COPY, ErasureSetClient, ErasureSets, ForeignCopy, comparable_meta
 from sealstore.v1 import storage_pb2, types_pb2
 
 log = logging.getLogger(__name__)
@@ -87,15 +88,24 @@ async def heal_object(store: ErasureSetClient, bucket: str, key: str, *, deep: b
     checks = await store.check_shards(bucket, key, deep)
     answered = {i: c for i, c in enumerate(checks) if not isinstance(c, BaseException)}
     report.orphans_removed = sum(c.orphans_removed for c in answered.values())
-    metas = [c.meta if i in answered and answered[i].state != State.NO_META else None
-             for i, c in enumerate(checks)]
+    metas = [c.meta if i in answered and answered[i].HasField("meta") else None for i, c in enumerate(checks)]
     version = store.quorum_version(metas)
     if version is None:
         return await _no_quorum(store, bucket, key, answered, metas, report, dry_run, grace_s)
 
     targets: dict[int, str] = {}  # member -> data_id it holds now ("" = none), the heal's precondition
+    why: dict[int, str] = {}
+    for i, check in enumerate(checks):
+        # A bad copy is never a version of this object, whatever its age: replaced, and only if
+        # it is still the copy seen here (a PUT since then wins).
+        if isinstance(check, ForeignCopy):
+            targets[i], why[i] = check.held_data_id, "metadata names another object"
+        elif i in answered and check.state == State.META_CORRUPT:
+            targets[i], why[i] = CORRUPT_COPY, check.detail or "unreadable metadata"
     for i, check in answered.items():
-        held = check.meta.data_id if check.state != State.NO_META else ""
+        if i in targets:
+            continue
+        held = check.meta.data_id if check.HasField("meta") else ""
         if held == version.data_id:
             if (check.state in (State.SHARD_MISSING, State.SHARD_CORRUPT) or i in suspects
                     or comparable_meta(check.meta) != comparable_meta(version)):
@@ -109,7 +119,8 @@ async def heal_object(store: ErasureSetClient, bucket: str, key: str, *, deep: b
     if not targets:
         HEAL_OBJECTS.labels("healthy").inc()
         return report
-    what = ", ".join(f"member {i} ({_why(answered[i], version, i in suspects)})" for i in sorted(targets))
+    what = ", ".join(f"member {i} ({why.get(i) or _why(answered[i], version, i in suspects)})"
+                     for i in sorted(targets))
     report.details.append(f"{bucket}/{key}: {'would rebuild' if dry_run else 'rebuilding'} {what}")
     if dry_run:
         report.shards_rebuilt = len(targets)
@@ -123,7 +134,9 @@ async def heal_object(store: ErasureSetClient, bucket: str, key: str, *, deep: b
         report.details.append(f"{bucket}/{key}: only {len(sources)} sound shards, {coder.data_shards} needed")
         HEAL_OBJECTS.labels("unrecoverable").inc()
         return report
-    await _ensure_buckets(store, bucket, [i for i in targets if answered[i].state == State.NO_META])
+    # Unreadable and foreign copies sit in the object's folder, so their bucket exists; only a
+    # member without any copy may lack it.
+    await _ensure_buckets(store, bucket, [i for i in targets if i in answered and answered[i].state == State.NO_META])
     rebuilt = await _rebuild(store, coder, version, sources, targets)
     report.shards_rebuilt = sum(1 for ok in rebuilt.values() if ok)
     report.shards_failed = len(rebuilt) - report.shards_rebuilt

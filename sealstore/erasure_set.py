@@ -99,22 +99,39 @@ def _majority(messages: list) -> object:
     return next(m for m in messages if m.SerializeToString(deterministic=True) == best)
 
 
+CORRUPT_COPY = ":corrupt"
+"""CommitObject expect_data_id of a heal replacing an unreadable metadata copy (CheckShard
+META_CORRUPT). Outside the data id alphabet, so it never matches a readable copy: a PUT that
+replaced the copy after the heal checked it still wins."""
+
+
+class ForeignCopy(errors.ObjectTampered):
+    """A member's copy names another object (metadata moved or copied on a drive). Carries the
+    data id it names, so healing can replace exactly that copy (and nothing a PUT wrote since)."""
+
+    def __init__(self, message: str, *, resource: str = "", held_data_id: str = ""):
+        super().__init__(message, resource=resource)
+        self.held_data_id = held_data_id
+
+
 def _names_other_object(meta: types_pb2.ObjectMeta, bucket: str, key: str) -> bool:
     return meta.bucket != bucket or meta.key != key
 
 
 def _without_foreign_copies(outcomes: list, metas: list, bucket: str, key: str) -> list:
-    """`outcomes` with ObjectTampered in place of each copy whose metadata (`metas[i]`) names
-    another object than the one requested: metadata moved or copied on a drive. Such a copy is a
-    bad copy for the quorum: read around while enough good copies remain, never chosen."""
+    """`outcomes` with ForeignCopy (an ObjectTampered) in place of each copy whose metadata
+    (`metas[i]`) names another object than the one requested: metadata moved or copied on a
+    drive. Such a copy is a bad copy for the quorum: read around while enough good copies
+    remain, never chosen; healing replaces it."""
     foreign = [i for i, meta in enumerate(metas) if meta is not None and _names_other_object(meta, bucket, key)]
     if not foreign:
         return outcomes
-    # One line per read; the stored names only through repr: they are attacker-controlled bytes.
+    # The stored names only through repr: they are attacker-controlled bytes.
     log.warning("%s/%s: members %s hold metadata naming another object (%r/%r); not used", bucket, key,
                 foreign, metas[foreign[0]].bucket, metas[foreign[0]].key)
-    tampered = errors.ObjectTampered(f"{bucket}/{key}: a drive's metadata names another object", resource=key)
-    return [tampered if i in foreign else o for i, o in enumerate(outcomes)]
+    return [ForeignCopy(f"{bucket}/{key}: a drive's metadata names another object", resource=key,
+                        held_data_id=metas[i].data_id) if i in foreign else o
+            for i, o in enumerate(outcomes)]
 
 
 def comparable_meta(meta: types_pb2.ObjectMeta) -> bytes:
@@ -479,7 +496,8 @@ class ErasureSetClient:
     async def heal_commit(self, member: int, upload_id: str, meta: types_pb2.ObjectMeta,
                           expect_data_id: str, inline_block: bytes = b"") -> None:
         """Commits a healed shard on one member, only if its current version is `expect_data_id`
-        ("" = none): a concurrent PUT or DELETE wins over the heal (PreconditionFailed)."""
+        ("" = none, CORRUPT_COPY = an unreadable copy): a concurrent PUT or DELETE wins over the
+        heal (PreconditionFailed)."""
         m = self.members[member]
         copy = types_pb2.ObjectMeta()
         copy.CopyFrom(meta)
@@ -509,13 +527,14 @@ class ErasureSetClient:
 
     async def check_shards(self, bucket: str, key: str, deep: bool) -> list:
         """Each member's CheckShardResponse for the object, or its error (unreachable, refused,
-        or ObjectTampered for a copy naming another object: healing neither trusts nor reads it)."""
+        or ForeignCopy for a copy naming another object: healing neither trusts nor reads it,
+        and replaces it)."""
         def call(m: Member):
             return m.stub.CheckShard(storage_pb2.CheckShardRequest(bucket=bucket, key=key, drive=m.drive, deep=deep),
                                      timeout=None if deep else self.timeout)
         outcomes = await self._each_member(call)
-        metas = [None if _failed(o) or o.state == storage_pb2.CheckShardResponse.NO_META else o.meta
-                 for o in outcomes]
+        # NO_META and META_CORRUPT answers carry no meta (an empty one would look foreign).
+        metas = [o.meta if not _failed(o) and o.HasField("meta") else None for o in outcomes]
         return _without_foreign_copies(outcomes, metas, bucket, key)
 
     async def member_keys(self, member: int, bucket: str) -> list[storage_pb2.ObjectEntry]:

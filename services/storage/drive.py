@@ -43,6 +43,7 @@ from google.protobuf import json_format
 
 from sealstore import errors
 from sealstore.config import write_file_atomic
+from sealstore.erasure_set import CORRUPT_COPY
 from sealstore.v1 import storage_pb2, types_pb2
 
 from services.storage.shardfile import (InlineShardReader, ShardReader, ShardWriter, frame_blocks, verify_inline,
@@ -108,8 +109,22 @@ def _to_json(message) -> bytes:
     return json_format.MessageToJson(message, preserving_proto_field_name=True).encode()
 
 
-def _parse_meta(raw: bytes) -> types_pb2.ObjectMeta:
-    return json_format.Parse(raw, types_pb2.ObjectMeta(), ignore_unknown_fields=True)
+class CorruptMetadata(errors.ObjectTampered):
+    """A metadata file that is not a readable ObjectMeta: a bad copy, never a missing one, so
+    that healing replaces it only where it saw it corrupt (CommitObject expect CORRUPT_COPY)."""
+
+
+def _parse_meta(raw: bytes, where: Path | str = "meta.json") -> types_pb2.ObjectMeta:
+    """The ObjectMeta in `raw`; CorruptMetadata for anything else (bit rot, a truncated or
+    hand-edited file): a parser's own exception would reach callers as an untyped 500."""
+    try:
+        meta = json_format.Parse(raw, types_pb2.ObjectMeta(), ignore_unknown_fields=True)
+    except Exception as exc:  # undecodable bytes, not JSON, wrong JSON types: all the same here
+        raise CorruptMetadata(f"unreadable metadata {where}: {type(exc).__name__}") from None
+    # Valid JSON of the wrong shape ({}, or unknown fields only) parses to an empty message.
+    if not (meta.bucket and meta.key and _UPLOAD_ID.match(meta.data_id) and meta.erasure.data_shards):
+        raise CorruptMetadata(f"incomplete metadata {where}: bucket, key, data_id or erasure layout missing")
+    return meta
 
 
 def _entry_of(meta: types_pb2.ObjectMeta) -> storage_pb2.ObjectEntry:
@@ -144,6 +159,8 @@ class Drive:
         self.format_file = self.root / ".sealstore" / "format.json"
         self.state, self.refusal = "online", ""
         self._retained: deque[tuple[float, Path, str]] = deque()
+        self._warned: dict[Path, tuple[int, int] | None] = {}
+        """Bad metadata files already logged, with the size and mtime they had then."""
         """(expiry, object folder, data_id) of previous versions kept for an undo."""
         self._check_format()
         if self.refusal:
@@ -280,11 +297,37 @@ class Drive:
                     yield meta
 
     def _read_meta(self, obj_dir: Path) -> types_pb2.ObjectMeta | None:
+        """The object's metadata, None if it has none; CorruptMetadata if it is unreadable."""
+        path = obj_dir / "meta.json"
         try:
-            raw = (obj_dir / "meta.json").read_bytes()
+            raw = path.read_bytes()
         except FileNotFoundError:
             return None
-        return _parse_meta(raw)
+        try:
+            return _parse_meta(raw, path.relative_to(self.root))
+        except CorruptMetadata as err:
+            self._warn_once(path, err.message)
+            raise
+
+    def _read_meta_or_corrupt(self, obj_dir: Path) -> tuple[types_pb2.ObjectMeta | None, CorruptMetadata | None]:
+        try:
+            return self._read_meta(obj_dir), None
+        except CorruptMetadata as err:
+            return None, err
+
+    def _warn_once(self, path: Path, message: str) -> None:
+        """Logs a bad file once per content (size and mtime), not on every read or listing."""
+        try:
+            st = path.stat()
+            seen = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            seen = None
+        if self._warned.get(path) == seen:
+            return
+        if len(self._warned) >= 10_000:
+            self._warned.clear()
+        self._warned[path] = seen
+        log.warning("drive %s: %s", self.root, message)
 
     def _tmp_shard(self, upload_id: str) -> Path:
         validate_upload_id(upload_id)
@@ -311,8 +354,10 @@ class Drive:
         """Makes the uploaded shard and `meta` the current version of meta.key (see module doc).
 
         `conditional` (healing): only if the current version's data_id is `expect_data_id` ("" =
-        no copy), else PreconditionFailed; the upload id may then differ from meta.data_id.
-        `meta.inline`: the shard is `inline_block` (no uploaded shard), kept inside meta.json."""
+        no copy, CORRUPT_COPY = an unreadable copy), else PreconditionFailed; the upload id may
+        then differ from meta.data_id.
+        `meta.inline`: the shard is `inline_block` (no uploaded shard), kept inside meta.json.
+        An unreadable current copy is overwritten like any other, but never kept for an undo."""
         if meta.data_id != upload_id and not conditional:
             raise errors.InvalidArgument(f"meta.data_id {meta.data_id!r} differs from upload id {upload_id!r}")
         validate_upload_id(meta.data_id)
@@ -331,12 +376,13 @@ class Drive:
             if not tmp.exists():
                 raise errors.InvalidRequest(f"upload {upload_id} has no shard on this drive")
         self._expire_retained()
-        previous = self._read_meta(obj_dir)
-        if conditional and (previous.data_id if previous is not None else "") != expect_data_id:
+        previous, corrupt = self._read_meta_or_corrupt(obj_dir)
+        held = CORRUPT_COPY if corrupt else previous.data_id if previous is not None else ""
+        if conditional and held != expect_data_id:
             self.abort_upload(upload_id)
             raise errors.PreconditionFailed(
                 f"{meta.bucket}/{meta.key} changed on this drive while it was healed "
-                f"(now {previous.data_id if previous is not None else 'absent'}, expected {expect_data_id or 'absent'})")
+                f"(now {held or 'absent'}, expected {expect_data_id or 'absent'})")
         _mkdirs_durable(obj_dir, self.buckets)
         retain = not conditional and previous is not None and previous.data_id != meta.data_id
         if retain:
@@ -444,12 +490,11 @@ class Drive:
         if not self.has_bucket(bucket):
             return State(state=State.NO_META, detail=f"bucket {bucket} missing")
         obj_dir = self._object_dir(bucket, key)
-        try:
-            meta = self._read_meta(obj_dir)
-        except Exception as exc:  # unparsable meta.json: as good as missing, healing rewrites it
-            meta, detail = None, f"unreadable meta.json: {exc}"
-        else:
-            detail = ""
+        meta, corrupt = self._read_meta_or_corrupt(obj_dir)
+        if corrupt:
+            # Which shard file is current is unknown: none is an orphan. The heal's commit
+            # replaces the copy; a later check removes what it no longer names.
+            return State(state=State.META_CORRUPT, detail=corrupt.message)
         orphans = 0
         if obj_dir.is_dir():
             for leftover in obj_dir.glob("*.shard"):
@@ -459,7 +504,7 @@ class Drive:
             if orphans:
                 _fsync_dir(obj_dir)
         if meta is None:
-            return State(state=State.NO_META, orphans_removed=orphans, detail=detail or "no metadata")
+            return State(state=State.NO_META, orphans_removed=orphans, detail="no metadata")
         if meta.inline:
             problem = verify_inline(meta.inline_shard, meta.erasure.stripe_count)
             meta.ClearField("inline_shard")
@@ -517,7 +562,7 @@ class Drive:
         if not obj_dir.exists():
             return
         if only_data_id:
-            current = self._read_meta(obj_dir)
+            current, _ = self._read_meta_or_corrupt(obj_dir)
             if current is None or current.data_id != only_data_id:
                 return
             if self._restore_previous(obj_dir, current):
@@ -538,14 +583,27 @@ class Drive:
         """Objects with `prefix` and key > `start_after`, in key order; at most max_keys (0 = 1000).
 
         Keys are hashed on disk, so this reads every meta.json of the bucket: O(objects).
+        An entry is listed only if its file is readable and names this bucket and a key that
+        hashes to its folder: a metadata file moved or copied from elsewhere (or rotten) would
+        list another object's name here. Such files are logged once and skipped; reads of the
+        key treat them as bad copies and healing replaces them.
         """
         objects = self._existing_bucket_dir(bucket) / "objects"
         max_keys = max_keys or DEFAULT_MAX_KEYS
         entries = []
         for path in self._meta_files(objects):
             try:
-                meta = _parse_meta(path.read_bytes())
+                meta = _parse_meta(path.read_bytes(), path.relative_to(self.root))
             except FileNotFoundError:  # deleted while we walked
+                continue
+            except CorruptMetadata as err:
+                self._warn_once(path, err.message)
+                continue
+            h = hashlib.sha256(meta.key.encode("utf-8")).hexdigest()
+            if meta.bucket != bucket or path.parent.name != h or path.parent.parent.name != h[:2]:
+                # Stored names through repr only: they are whatever bytes the file holds.
+                self._warn_once(path, f"{path.relative_to(self.root)} names another object "
+                                      f"({meta.bucket!r}/{meta.key!r}); not listed")
                 continue
             if meta.key.startswith(prefix) and meta.key > start_after:
                 entries.append(_entry_of(meta))
