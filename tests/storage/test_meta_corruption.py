@@ -155,3 +155,31 @@ def test_a_metadata_file_in_another_objects_folder_is_never_listed(tmp_path, cap
     assert listed == expected
     assert len([r for r in caplog.records if "names another object" in r.getMessage()]) == 1
     assert source[1] in [e.key for e in d.list_objects(source[0], "", "", 0)[0]]  # the source is intact
+
+
+def test_a_heal_replaces_a_foreign_copy_it_saw_but_never_a_put_made_since(tmp_path):
+    d = Drive(tmp_path / "d0")
+    d.make_bucket("bucket1", 1)
+    d.make_bucket("bucket2", 1)
+    put(d, "bucket1", "A", "v-a", [b"secret"])
+    put(d, "bucket2", "B", "v-b", [b"b-data"])
+    src, dst = object_dir(d, "bucket1", "A"), object_dir(d, "bucket2", "B")
+    source_before = {p.name: p.read_bytes() for p in src.iterdir()}
+    for f in src.iterdir():
+        shutil.copyfile(f, dst / f.name)
+    (dst / "v-b.shard").unlink()
+    # The heal saw A's copy (data id v-a) in B's folder: its commit replaces exactly that.
+    upload(d, "heal-1", "bucket2", [b"b-data"])
+    d.commit_object("heal-1", meta_for("bucket2", "B", "v-b", [b"b-data"]), conditional=True, expect_data_id="v-a")
+    assert read_all(d, "bucket2", "B") == [b"b-data"]
+    assert sorted(p.name for p in dst.glob("*.shard")) == ["v-b.shard"]  # A's copied shard went with it
+    assert {p.name: p.read_bytes() for p in src.iterdir()} == source_before
+
+    # Moved in again, then a PUT replaced it before the heal's commit: the PUT stays.
+    shutil.copyfile(src / "meta.json", dst / "meta.json")
+    upload(d, "heal-2", "bucket2", [b"b-data"])
+    put(d, "bucket2", "B", "v-b2", [b"newer"], mtime=2)
+    with pytest.raises(errors.PreconditionFailed):
+        d.commit_object("heal-2", meta_for("bucket2", "B", "v-b", [b"b-data"]), conditional=True,
+                        expect_data_id="v-a")
+    assert read_all(d, "bucket2", "B") == [b"newer"]
