@@ -159,9 +159,9 @@ class Drive:
         self.format_file = self.root / ".sealstore" / "format.json"
         self.state, self.refusal = "online", ""
         self._retained: deque[tuple[float, Path, str]] = deque()
+        """(expiry, object folder, data_id) of previous versions kept for an undo."""
         self._warned: dict[Path, tuple[int, int] | None] = {}
         """Bad metadata files already logged, with the size and mtime they had then."""
-        """(expiry, object folder, data_id) of previous versions kept for an undo."""
         self._check_format()
         if self.refusal:
             log.error("drive %s refused: %s", self.root, self.refusal)
