@@ -33,7 +33,10 @@ themselves from the `argv` recorded in cluster.json); default: the whole cluster
 # glibc hands every freed block >= 128 KiB back to the OS; the next 1 MiB stripe then pays
 # page faults again. Raising the thresholds made erasure coding 3-5x faster here
 # (shared/reference/performance.md).
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "268435456"}
+# The price is freed memory kept resident in every thread arena: two arenas and a periodic
+# malloc_trim (sealstore/memory.py) keep RSS flat under load.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "268435456",
+              "MALLOC_ARENA_MAX": "2"}
 
 STARTUP_TIMEOUT = 60.0
 

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from sealstore import config
-from sealstore import erasure_set
+from sealstore import erasure_set, memory
 from sealstore.rpc import aio_channel, build_server, configure_logging, run_server
 from sealstore.v1 import crypto_pb2_grpc
 from services.crypto import dare
@@ -58,6 +58,7 @@ async def serve(args: argparse.Namespace) -> None:
     async def close() -> None:
         await store.close()
         await kms_channel.close()
+    trimming = memory.start_trimming()  # noqa: F841 (kept alive for the life of the server)
     await run_server(server, on_stop=close)
 
 

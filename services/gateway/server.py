@@ -17,7 +17,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.log import server_logger as server_log
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
-from sealstore import config, errors
+from sealstore import config, errors, memory
 from sealstore.rpc import configure_logging
 
 from . import s3xml
@@ -215,6 +215,7 @@ async def serve(listen: str, data_dir: Path, domains: tuple[str, ...]) -> None:
     site = web.TCPSite(runner, host or "127.0.0.1", int(port), backlog=1024)
     await site.start()
     log.info("S3 gateway listening on http://%s", listen)
+    trimming = memory.start_trimming()  # noqa: F841 (RSS stays flat under load: sealstore/memory.py)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -2,7 +2,8 @@
 
 Memory note for the launcher (it sets the environment, not this module): glibc returns every
 freed block of 128 KiB or more to the OS, so each ~0.5 MiB shard block would pay fresh page
-faults; MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=268435456 avoid that.
+faults; MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=268435456 avoid that, and
+MALLOC_ARENA_MAX=2 with a periodic trim (sealstore/memory.py) keeps the retained heap small.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import asyncio
 import logging
 from pathlib import Path
 
-from sealstore import config
+from sealstore import config, memory
 from sealstore.rpc import build_server, configure_logging, run_server
 from sealstore.v1 import storage_pb2_grpc
 
@@ -71,6 +72,7 @@ async def serve(args: argparse.Namespace) -> None:
     for d in node.all_drives:
         if d.refusal:
             log.error("drive %s is %s and will not be used: %s", d.root, d.state, d.refusal)
+    trimming = memory.start_trimming()  # noqa: F841 (kept alive for the life of the server)
     await run_server(server)
 
 
