@@ -52,6 +52,8 @@ from services.storage.shardfile import (InlineShardReader, ShardReader, ShardWri
 log = logging.getLogger(__name__)
 
 MAX_KEY_BYTES = 1024
+LIST_CACHE_LIMIT = 250_000
+"""Listing entries remembered per bucket and drive (a few hundred bytes each); beyond, files are parsed."""
 PREVIOUS_VERSION_FILE = "prev.json"
 RETAIN_PREVIOUS_SECONDS = 60.0
 """How long an overwrite keeps the version it replaced (prev.json and its shard): the quorum
@@ -127,6 +129,12 @@ def _parse_meta(raw: bytes, where: Path | str = "meta.json") -> types_pb2.Object
     return meta
 
 
+def _file_identity(path: Path) -> tuple[int, ...]:
+    """Changes whenever the file is replaced or rewritten (meta.json is only ever replaced)."""
+    st = os.stat(path)
+    return st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size
+
+
 def _entry_of(meta: types_pb2.ObjectMeta) -> storage_pb2.ObjectEntry:
     return storage_pb2.ObjectEntry(key=meta.key, size=meta.size, etag=meta.etag,
                                    mtime_ns=meta.mtime_ns, data_id=meta.data_id)
@@ -159,6 +167,8 @@ class Drive:
         self.format_file = self.root / ".sealstore" / "format.json"
         self.state, self.refusal = "online", ""
         self._retained: deque[tuple[float, Path, str]] = deque()
+        self._listed: dict[str, dict[Path, tuple[tuple[int, ...], storage_pb2.ObjectEntry]]] = {}
+        """Per bucket, the listing entry of each meta.json last walked, by file identity."""
         """(expiry, object folder, data_id) of previous versions kept for an undo."""
         self._warned: dict[Path, tuple[int, int] | None] = {}
         """Bad metadata files already logged, with the size and mtime they had then."""
@@ -276,6 +286,7 @@ class Drive:
         _fsync_dir(path)
         shutil.rmtree(path, ignore_errors=True)
         _fsync_dir(self.buckets)
+        self._listed.pop(bucket, None)
 
     # ---- objects -------------------------------------------------------------------------
 
@@ -582,7 +593,11 @@ class Drive:
                      max_keys: int) -> tuple[list[storage_pb2.ObjectEntry], bool]:
         """Objects with `prefix` and key > `start_after`, in key order; at most max_keys (0 = 1000).
 
-        Keys are hashed on disk, so this reads every meta.json of the bucket: O(objects).
+        Keys are hashed on disk, so this walks every meta.json of the bucket: O(objects). Parsing
+        them all each time (an inline object's file holds its shard) made listing the storage
+        nodes' bottleneck under load (0.24 ms per file, 0.6 s per listing of 2,400 objects, on
+        the node's event loop); entries are remembered per file identity (inode, times, size:
+        every write replaces the file), so an unchanged file costs one stat.
         An entry is listed only if its file is readable and names this bucket and a key that
         hashes to its folder: a metadata file moved or copied from elsewhere (or rotten) would
         list another object's name here. Such files are logged once and skipped; reads of the
@@ -591,22 +606,36 @@ class Drive:
         objects = self._existing_bucket_dir(bucket) / "objects"
         max_keys = max_keys or DEFAULT_MAX_KEYS
         entries = []
+        cached = self._listed.get(bucket, {})
+        seen: dict[Path, tuple[tuple[int, ...], storage_pb2.ObjectEntry]] = {}
         for path in self._meta_files(objects):
             try:
-                meta = _parse_meta(path.read_bytes(), path.relative_to(self.root))
+                identity = _file_identity(path)
             except FileNotFoundError:  # deleted while we walked
                 continue
-            except CorruptMetadata as err:
-                self._warn_once(path, err.message)
-                continue
-            h = hashlib.sha256(meta.key.encode("utf-8")).hexdigest()
-            if meta.bucket != bucket or path.parent.name != h or path.parent.parent.name != h[:2]:
-                # Stored names through repr only: they are whatever bytes the file holds.
-                self._warn_once(path, f"{path.relative_to(self.root)} names another object "
-                                      f"({meta.bucket!r}/{meta.key!r}); not listed")
-                continue
-            if meta.key.startswith(prefix) and meta.key > start_after:
-                entries.append(_entry_of(meta))
+            hit = cached.get(path)
+            if hit is not None and hit[0] == identity:
+                entry = hit[1]
+            else:
+                try:
+                    meta = _parse_meta(path.read_bytes(), path.relative_to(self.root))
+                except FileNotFoundError:
+                    continue
+                except CorruptMetadata as err:
+                    self._warn_once(path, err.message)
+                    continue
+                h = hashlib.sha256(meta.key.encode("utf-8")).hexdigest()
+                if meta.bucket != bucket or path.parent.name != h or path.parent.parent.name != h[:2]:
+                    # Stored names through repr only: they are whatever bytes the file holds.
+                    self._warn_once(path, f"{path.relative_to(self.root)} names another object "
+                                          f"({meta.bucket!r}/{meta.key!r}); not listed")
+                    continue
+                entry = _entry_of(meta)
+            if len(seen) < LIST_CACHE_LIMIT:
+                seen[path] = (identity, entry)
+            if entry.key.startswith(prefix) and entry.key > start_after:
+                entries.append(entry)
+        self._listed[bucket] = seen  # what this walk did not see (deleted objects) is forgotten
         entries.sort(key=lambda e: e.key)
         return entries[:max_keys], len(entries) > max_keys
 

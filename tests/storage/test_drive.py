@@ -242,3 +242,29 @@ def test_undo_without_a_kept_version_deletes(drive, monkeypatch):
     drive.delete_object("photos", "k", only_data_id="v2")
     with pytest.raises(errors.NoSuchKey):
         drive.get_object_meta("photos", "k")
+
+
+def test_listing_parses_only_files_that_changed(drive, monkeypatch):
+    """Listing parsed every meta.json each time (an inline object's holds its shard): under load
+    it became the storage nodes' bottleneck. Unchanged files now cost a stat; changed, new and
+    deleted ones are seen at once."""
+    for n in range(5):
+        put(drive, "photos", f"k{n}", f"v{n}", [b"x" * 10])
+    parsed = []
+    real_parse = drive_module._parse_meta
+    monkeypatch.setattr(drive_module, "_parse_meta", lambda raw, *a: parsed.append(1) or real_parse(raw, *a))
+
+    def listed():
+        entries, _ = drive.list_objects("photos", "", "", 0)
+        return [(e.key, e.data_id) for e in entries]
+    assert listed() == [(f"k{n}", f"v{n}") for n in range(5)]
+    assert len(parsed) == 5
+    parsed.clear()
+    assert listed() == [(f"k{n}", f"v{n}") for n in range(5)]
+    assert parsed == []
+    put(drive, "photos", "k1", "w1", [b"y" * 10], mtime=2)
+    drive.delete_object("photos", "k3")
+    put(drive, "photos", "k9", "v9", [b"z"])
+    parsed.clear()
+    assert listed() == [("k0", "v0"), ("k1", "w1"), ("k2", "v2"), ("k4", "v4"), ("k9", "v9")]
+    assert len(parsed) == 2
