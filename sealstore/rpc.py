@@ -27,6 +27,15 @@ CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE),
     ("grpc.keepalive_time_ms", 30_000),
 ]
+CLIENT_CHANNEL_OPTIONS = [
+    *CHANNEL_OPTIONS,
+    # gRPC's default reconnect backoff grows to 120 s: a gateway that saw the crypto worker (or a
+    # worker that saw the kms) die kept answering 503 for minutes after it was back. Peers are
+    # on a LAN; retrying every 2 s at most costs nothing.
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
 
 
 def server_credentials(certs: Path, instance: str) -> grpc.ServerCredentials:
@@ -45,7 +54,7 @@ def channel_options(server: str, base: list[tuple[str, Any]] | None = None) -> l
     that service's certificates carry the name, so no other role can answer in its place."""
     if server not in SERVICE_NAMES:
         raise ValueError(f"no service is named {server!r} (expected one of {', '.join(SERVICE_NAMES)})")
-    return [*(CHANNEL_OPTIONS if base is None else base), ("grpc.ssl_target_name_override", SERVICE_NAMES[server])]
+    return [*(CLIENT_CHANNEL_OPTIONS if base is None else base), ("grpc.ssl_target_name_override", SERVICE_NAMES[server])]
 
 
 def aio_channel(certs: Path, instance: str, target: str, *, server: str) -> grpc.aio.Channel:
