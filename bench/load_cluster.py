@@ -424,6 +424,14 @@ def report(stats: Stats, cfg: LoadConfig, elapsed: float) -> str:
             peak_fds = max((s[1][name][1] for s in stats.samples if name in s[1]), default=0)
             lines.append(f"{name:<10}{cell(first):>14}{cell(middle):>14}{cell(last):>14}"
                          f"{peak_rss / 1024:>10.0f}{peak_fds:>9}")
+        # The trend, not just three points: RSS moves with the requests in flight and the heap
+        # trims (sealstore/memory.py), a creep shows as a rising series.
+        step = max(1, len(stats.samples) // 12)
+        lines += ["", "RSS MiB over time (every %.0f s)" % (stats.samples[min(step, len(stats.samples) - 1)][0]
+                                                          - stats.samples[0][0])]
+        for name in names:
+            series = [f"{s[1][name][0] / 1024:.0f}" if name in s[1] else "-" for s in stats.samples[::step]]
+            lines.append(f"{name:<10}{' '.join(series)}")
     return "\n".join(lines)
 
 
