@@ -55,5 +55,10 @@ def test_small_objects_are_inline_encrypted_checksummed_and_healed(make_cluster)
     s3.put_object(Bucket="small", Key="enc", Body=big)
     s3.put_object(Bucket="small", Key="big", Body=b"now small")
     assert s3.get_object(Bucket="small", Key="big")["Body"].read() == b"now small"
-    assert not [p for d in drives(c) for p in d.rglob("*.shard")
-                if p.parent == current_shards(c, "small", "big")[d]["path"].parent]
+    # The replaced version is kept for the undo window (prev.json names it), nothing else.
+    for d in drives(c):
+        folder = current_shards(c, "small", "big")[d]["path"].parent
+        kept = folder / "prev.json"
+        stale = [p for p in folder.glob("*.shard")]
+        assert len(stale) <= 1, stale
+        assert all(kept.exists() and p.stem in kept.read_text() for p in stale), stale

@@ -72,7 +72,8 @@ def leftovers(drive: Path) -> list[Path]:
     for meta_dir in (drive / "buckets").glob("*/objects/*/*"):
         shards = list(meta_dir.glob("*.shard"))
         meta = meta_dir / "meta.json"
-        named = meta.read_text() if meta.exists() else ""
+        kept = meta_dir / "prev.json"  # the version an overwrite replaced, kept for its undo window
+        named = "".join(p.read_text() for p in (meta, kept) if p.exists())
         found += [s for s in shards if s.stem not in named]
     return found
 
