@@ -79,7 +79,7 @@ class RunningCluster:
 
     def restart(self, name: str) -> None:
         """Starts the service again with its recorded command line; waits until it listens."""
-        from sealstore.launcher import service_env
+        from sealctl.launcher import service_env
         svc = self.service(name)
         log = open(self.data / "logs" / f"{name}.log", "ab")
         proc = subprocess.Popen(svc["argv"], env={**service_env(self.data), **{k: v for k, v in self.env.items()

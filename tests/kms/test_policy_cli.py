@@ -56,7 +56,7 @@ def kms(tmp_path_factory):
 def sealstore(data_dir, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEALSTORE_")}
     env["SEALSTORE_DATA_DIR"] = str(data_dir)
-    return subprocess.run([sys.executable, "-m", "sealstore.cli", *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "sealctl", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=60)
 
 

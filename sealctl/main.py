@@ -16,7 +16,8 @@ from xml.etree import ElementTree
 
 import grpc
 
-from sealstore import cli_admin, cli_keys, cli_policy, config, errors
+from sealctl import admin as cli_admin, keys as cli_keys, policy as cli_policy
+from sealstore import config, errors
 
 S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     if (handled := cli_admin.dispatch(args)) is not None:
         return handled
     if args.command == "run":
-        from sealstore import launcher
+        from sealctl import launcher
         return launcher.run()
     if (handled := cli_keys.dispatch(args)) is not None:
         return handled
@@ -194,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         from services.crypto import dare_cli
         return dare_cli.main(args.rest)
     if args.command == "init":
-        from sealstore import launcher, tls
+        from sealctl import launcher
+        from sealstore import tls
         data = config.data_dir()
         target = config.certs_dir(data)
         layout = tls.PkiLayout(storage_nodes=args.storage_nodes, crypto_workers=args.crypto_workers,

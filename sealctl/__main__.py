@@ -1,0 +1,4 @@
+"""`python -m sealctl ...` is the `sealstore` command."""
+from sealctl.main import main
+
+raise SystemExit(main())
