@@ -1,33 +1,48 @@
-"""`sealstore admin`: healing and drive state of the erasure set (talks to the storage nodes
-directly with the admin identity; sees only ciphertext shards, never keys or plaintext)."""
+"""`sealstore admin`: healing and drive state of the erasure sets.
+
+`admin heal` asks the cluster's heal service (services/heal) to heal and follows its progress
+over gRPC; the healing itself, on ciphertext shards only, runs in the cluster. `admin drives`
+asks every storage node directly (NodeStatus, with the admin identity)."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
+import os
 import sys
+import time
 
-from sealstore import config, errors
+from sealctl.errors import ClusterDown, CliError, NoCluster
+from sealstore import config
+
+ENV_HEAL_ADDR = "SEALSTORE_HEAL_ADDR"
+"""host:port of the heal service where no cluster.json names it (containers)."""
+COUNTS = ("objects_scanned", "objects_healed", "shards_rebuilt", "shards_failed", "unrecoverable",
+          "dangling_removed", "orphans_removed", "buckets_healed", "skipped")
 
 
 def register(subparsers) -> None:
-    admin = subparsers.add_parser("admin", help="heal the erasure set, show its drives")
+    admin = subparsers.add_parser("admin", help="heal the erasure sets, show their drives")
     sub = admin.add_subparsers(dest="admin_action", required=True)
-    heal = sub.add_parser("heal", help="rebuild missing, stale or corrupt shards and metadata")
+    heal = sub.add_parser("heal", help="have the cluster rebuild missing, stale or corrupt shards and metadata "
+                                       "now, and show its progress and counts")
     heal.add_argument("--bucket", default="", help="only this bucket")
     heal.add_argument("--dry-run", action="store_true", help="report what would be rebuilt, change nothing")
     heal.add_argument("--quick", action="store_true",
                       help="check shard sizes only, not every block checksum (faster, misses bit rot)")
     heal.add_argument("--json", action="store_true", help="print the counts as JSON")
     heal.add_argument("--metrics-file", default="",
-                      help="also write the heal counters in Prometheus text format to this file "
+                      help="also write this heal's counters in Prometheus text format to this file "
                            "(for node_exporter's textfile collector)")
     heal.add_argument("--rate", type=float, default=0.0,
                       help="at most this many objects per second (0: as fast as possible)")
     heal.add_argument("--every", type=float, default=0.0, metavar="SECONDS",
-                      help="background scanner: walk again this long after each walk ends, until "
-                           "interrupted (or --cycles walks); counts are printed per walk")
-    heal.add_argument("--cycles", type=int, default=0, help="with --every: stop after this many walks")
-    drives = sub.add_parser("drives", help="state of every drive of the erasure set")
+                      help="ask again this long after each heal ends, until interrupted (or --cycles heals); "
+                           "counts are printed per heal (the cluster's own scanner does this by itself)")
+    heal.add_argument("--cycles", type=int, default=0, help="with --every: stop after this many heals")
+    heal.add_argument("--status", action="store_true",
+                      help="start nothing: show the background scanner and the running or last heal")
+    drives = sub.add_parser("drives", help="state of every drive of the erasure sets")
     drives.add_argument("--json", action="store_true")
 
 
@@ -35,57 +50,162 @@ def dispatch(args) -> int | None:
     if args.command != "admin":
         return None
     if args.admin_action == "heal":
-        return asyncio.run(_heal(args))
+        if args.rate < 0 or args.every < 0 or args.cycles < 0:
+            raise CliError("--rate, --every and --cycles must not be negative")
+        return _heal_status(args) if args.status else _heal(args)
     if args.admin_action == "drives":
         return asyncio.run(_drives(args))
     return 2
 
 
 def _client():
-    from sealstore.erasure_set import connect
+    from sealstore.erasure.client import connect
     data = config.data_dir()
     return connect(config.load_topology(data), config.certs_dir(data), "admin")
 
 
-async def _heal(args) -> int:
-    from sealstore.erasure_heal import heal_all
-    store = _client()
-    status, walks = 0, 0
+def heal_address(data) -> str:
+    if os.environ.get(ENV_HEAL_ADDR):
+        return os.environ[ENV_HEAL_ADDR]
+    path = data / "cluster.json"
+    if not path.exists():
+        raise NoCluster(f"no cluster in {data}: cluster.json does not exist (start one with `sealstore run`, "
+                        f"or set {config.ENV_DATA_DIR}; containers: set {ENV_HEAL_ADDR})")
+    services = json.loads(path.read_text()).get("services", [])
+    address = next((s["address"] for s in services if s.get("role") == "heal"), None)
+    if address is None:
+        raise ClusterDown(f"the cluster in {data} runs no heal service (started by an older sealstore: "
+                          f"stop it and `sealstore run` again)")
+    return address
+
+
+def _heal_stub():
+    from sealstore import rpc
+    from sealstore.v1 import heal_pb2_grpc
+    data = config.data_dir()
+    channel = rpc.sync_channel(config.certs_dir(data), "admin", heal_address(data), server="heal")
+    return heal_pb2_grpc.HealServiceStub(channel), channel
+
+
+def _heal(args) -> int:
+    from sealstore.v1 import heal_pb2
+    stub, channel = _heal_stub()
+    status, heals = 0, 0
     try:
         while True:
-            try:
-                report = await heal_all(store, args.bucket, dry_run=args.dry_run, deep=not args.quick,
-                                        rate=args.rate)
-            except errors.SealstoreError as err:
-                print(f"sealstore: heal: {err.code}: {err.message}", file=sys.stderr)
-                status = 1
-            else:
-                status = _print_report(args, report)
-            walks += 1
-            if not args.every or (args.cycles and walks >= args.cycles):
+            run = stub.StartHeal(heal_pb2.StartHealRequest(bucket=args.bucket, dry_run=args.dry_run,
+                                                           quick=args.quick, rate=args.rate), timeout=30)
+            status = _print_run(args, _follow(stub, run))
+            heals += 1
+            if not args.every or (args.cycles and heals >= args.cycles):
                 return status
-            await asyncio.sleep(args.every)
+            time.sleep(args.every)
     finally:
-        await store.close()
+        channel.close()
 
 
-def _print_report(args, report) -> int:
+def _follow(stub, run):
+    """Polls the heal until it ends, showing its progress on a terminal."""
+    from sealstore.v1 import heal_pb2
+    shown = False
+    try:
+        while run.state == "running":
+            time.sleep(0.2)
+            run = stub.GetHeal(heal_pb2.GetHealRequest(id=run.id), timeout=30)
+            if sys.stderr.isatty():
+                print(f"\r{_progress(run)}", end="", file=sys.stderr, flush=True)
+                shown = True
+    except KeyboardInterrupt:
+        raise CliError(f"stopped following heal {run.id}; it goes on in the cluster "
+                       f"(`sealstore admin heal --status`)") from None
+    finally:
+        if shown:
+            print(file=sys.stderr)
+    return run
+
+
+def _progress(run) -> str:
+    return (f"heal {run.id}: {run.state}, buckets {run.buckets_done}/{run.buckets_total}, objects scanned "
+            f"{run.counts.objects_scanned}, healed {run.counts.objects_healed}, shards rebuilt "
+            f"{run.counts.shards_rebuilt}")
+
+
+def _counts(run) -> dict[str, int]:
+    return {name: getattr(run.counts, name) for name in COUNTS}
+
+
+def _print_run(args, run) -> int:
+    if run.state != "done":
+        print(f"sealstore: heal {run.id} {run.state}: {run.error or 'ended early'}", file=sys.stderr, flush=True)
+        return 1
+    counts = _counts(run)
     if args.metrics_file:
-        from prometheus_client import REGISTRY, write_to_textfile
-        write_to_textfile(args.metrics_file, REGISTRY)
-    counts = report.as_dict()
+        _write_metrics(args.metrics_file, counts)
     if args.json:
-        print(json.dumps({**counts, "dry_run": args.dry_run, "details": report.details}), flush=True)
+        print(json.dumps({**counts, "dry_run": run.dry_run, "id": run.id, "details": list(run.details)}),
+              flush=True)
     else:
-        for line in report.details:
+        for line in run.details:
             print(line)
-        print(("dry run: " if args.dry_run else "") +
-              f"objects scanned {report.objects_scanned}, objects healed {report.objects_healed}, "
-              f"shards rebuilt {report.shards_rebuilt}, shards failed {report.shards_failed}, "
-              f"unrecoverable {report.unrecoverable}, dangling removed {report.dangling_removed}, "
-              f"orphans removed {report.orphans_removed}, buckets healed {report.buckets_healed}, "
-              f"skipped {report.skipped}", flush=True)
-    return 1 if report.unrecoverable or report.shards_failed else 0
+        print(("dry run: " if run.dry_run else "") + ", ".join(f"{name.replace('_', ' ')} {counts[name]}"
+                                                             for name in COUNTS), flush=True)
+    return 1 if run.counts.unrecoverable or run.counts.shards_failed else 0
+
+
+def _write_metrics(path: str, counts: dict[str, int]) -> None:
+    """This heal's counts under the names the heal service exports (sealstore/erasure/heal.py)."""
+    from prometheus_client import CollectorRegistry, Counter, write_to_textfile
+    registry = CollectorRegistry()
+    objects = Counter("sealstore_heal_objects_total", "Objects examined by this heal, by result", ["result"],
+                      registry=registry)
+    shards = Counter("sealstore_heal_shards_total", "Member copies this heal rebuilt or failed to rebuild",
+                     ["result"], registry=registry)
+    settled = counts["objects_healed"] + counts["unrecoverable"] + counts["dangling_removed"]
+    for result, value in (("healthy", max(0, counts["objects_scanned"] - settled)),
+                          ("healed", counts["objects_healed"]), ("unrecoverable", counts["unrecoverable"]),
+                          ("dangling_removed", counts["dangling_removed"])):
+        objects.labels(result).inc(value)
+    shards.labels("rebuilt").inc(counts["shards_rebuilt"])
+    shards.labels("failed").inc(counts["shards_failed"])
+    write_to_textfile(path, registry)
+
+
+def _when(ns: int) -> str:
+    return datetime.datetime.fromtimestamp(ns / 1e9).strftime("%Y-%m-%d %H:%M:%S") if ns else "-"
+
+
+def _heal_status(args) -> int:
+    from sealstore.v1 import heal_pb2
+    stub, channel = _heal_stub()
+    try:
+        scanner = stub.ScannerStatus(heal_pb2.ScannerStatusRequest(), timeout=30)
+        try:
+            latest = stub.GetHeal(heal_pb2.GetHealRequest(), timeout=30)
+        except Exception as exc:  # no heal yet: INVALID_ARGUMENT
+            import grpc
+            if not isinstance(exc, grpc.RpcError) or exc.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                raise
+            latest = None
+    finally:
+        channel.close()
+    if args.json:
+        from google.protobuf import json_format
+        print(json.dumps({"scanner": json_format.MessageToDict(scanner, preserving_proto_field_name=True),
+                          "latest": json_format.MessageToDict(latest, preserving_proto_field_name=True)
+                          if latest else None}, indent=2))
+        return 0
+    if scanner.enabled:
+        print(f"scanner: a walk every {scanner.interval_seconds:g} s at most {scanner.rate:g} objects/s "
+              f"(every {scanner.deep_every} walk(s) deep); {scanner.walks} walk(s) done; next "
+              f"{_when(scanner.next_walk_ns) if scanner.next_walk_ns else 'running now'}")
+    else:
+        print("scanner: off")
+    if scanner.HasField("current"):
+        print(f"scanner walk: {_progress(scanner.current)} (started {_when(scanner.current.started_ns)})")
+    if latest is not None:
+        print(f"latest heal ({latest.origin}): {_progress(latest)} (started {_when(latest.started_ns)}, "
+              f"ended {_when(latest.finished_ns)})" + (f": {latest.error}" if latest.error else ""))
+    return 0
 
 
 async def _drives(args) -> int:

@@ -18,8 +18,6 @@ import json
 import sys
 from pathlib import Path
 
-import grpc
-
 from sealstore import config, errors
 
 COMMAND = "key"
@@ -36,7 +34,9 @@ def kms_stub():
     data = config.data_dir()
     topology = config.load_topology(data)
     channel = rpc.sync_channel(config.certs_dir(data), "admin", topology.kms, server="kms")
-    return kms_pb2_grpc.KeyServiceStub(channel)
+    stub = kms_pb2_grpc.KeyServiceStub(channel)
+    stub.channel = channel
+    return stub
 
 
 def _utc(ns: int) -> str:
@@ -107,14 +107,14 @@ def register(subparsers) -> None:
 
 def _quorum_client():
     """The quorum client of the whole cluster (routes each object to its erasure set)."""
-    from sealstore.erasure_set import connect
+    from sealstore.erasure.client import connect
     data = config.data_dir()
     return connect(config.load_topology(data), config.certs_dir(data), "admin")
 
 
 def _kms_versions():
     from sealstore import rpc
-    from sealstore.rewrap import KmsKeyVersions
+    from sealctl.rewrap import KmsKeyVersions
     data = config.data_dir()
     return KmsKeyVersions(rpc.aio_channel(config.certs_dir(data), "admin", config.load_topology(data).kms,
                                           server="kms"))
@@ -128,7 +128,7 @@ def _show_progress(report) -> None:
 
 
 async def _rewrap(args) -> int:
-    from sealstore.rewrap import Checkpoint, rewrap_bucket
+    from sealctl.rewrap import Checkpoint, rewrap_bucket
     checkpoint = Checkpoint.for_bucket(config.data_dir(), args.bucket, args.key)
     if args.restart:
         checkpoint.remove()
@@ -151,7 +151,7 @@ async def _rewrap(args) -> int:
 
 
 async def _census(name: str, version: int):
-    from sealstore.rewrap import objects_below_version
+    from sealctl.rewrap import objects_below_version
     store = _quorum_client()
     try:
         return await objects_below_version(store, name, version)
@@ -221,9 +221,6 @@ def dispatch(args: argparse.Namespace) -> int | None:
                       f"`sealstore key cancel-deletion {args.name}` recovers it")
             else:
                 print(f"key {args.name} deleted: objects under it are unreadable for good")
-    except grpc.RpcError as exc:
-        err = errors.from_rpc_error(exc)
-        return _fail(f"{err.code}: {err.message}")
-    except errors.SealstoreError as err:  # the metadata scan of min-version
-        return _fail(f"{err.code}: {err.message}")
+    finally:
+        stub.channel.close()  # gRPC and typed errors end in sealctl.main, as one line
     return 0

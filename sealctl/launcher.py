@@ -1,8 +1,13 @@
-"""`sealstore run`: starts a whole local cluster in the foreground and stops it cleanly.
+"""`sealstore run`: starts a whole local cluster in the foreground, supervises it, stops it cleanly.
 
-One kms, one crypto worker, N storage nodes (D drive folders each) and one gateway, each a
-separate process talking gRPC over mutual TLS. The launcher writes `<data>/cluster.json`
-(role, pid, address, drives) so the command line and the tests can find the cluster.
+One kms, one crypto worker, N storage nodes (D drive folders each), one heal service and one
+gateway, each a separate process talking gRPC over mutual TLS. The launcher writes
+`<data>/cluster.json` (role, pid, address, drives, restarts) so the command line and the tests
+can find the cluster.
+
+Supervision: a service that exits is logged and started again after a backoff (0.5 s, doubling
+to 30 s; back to 0.5 s once it has stayed up 60 s), while the others keep serving; the erasure
+code rides out m storage nodes down. SIGINT/SIGTERM stop everything.
 """
 from __future__ import annotations
 
@@ -27,8 +32,12 @@ ENV_CRYPTO_CIPHER = "SEALSTORE_CIPHER"
 ENV_KES_ADDR = "SEALSTORE_KES_ADDR"
 """host:port for the kms's KES-compatible HTTPS API (off when unset), for MinIO's MINIO_KMS_KES_ENDPOINT."""
 ENV_KEEP_GOING = "SEALSTORE_KEEP_GOING"
-"""1: a child that exits is reported but the others keep running (failure tests restart it
-themselves from the `argv` recorded in cluster.json); default: the whole cluster stops."""
+"""1: a child that exits is reported and *not* restarted; the others keep running (failure tests
+restart it themselves from the `argv` recorded in cluster.json). Default: restarted with backoff."""
+RESTART_BACKOFF_FIRST = 0.5
+RESTART_BACKOFF_MAX = 30.0
+STABLE_AFTER = 60.0
+"""A service that stayed up this long before it died starts again after the first backoff."""
 
 # glibc hands every freed block >= 128 KiB back to the OS; the next 1 MiB stripe then pays
 # page faults again. Raising the thresholds made erasure coding 3-5x faster here
@@ -94,6 +103,20 @@ class Service:
     drives: list[str] = field(default_factory=list)
     process: subprocess.Popen | None = None
     log_path: Path | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    backoff: float = RESTART_BACKOFF_FIRST
+    restart_at: float | None = None
+    """When the supervisor starts it again (None: running, or not to be restarted)."""
+
+    def spawn(self, data: Path, env: dict[str, str]) -> None:
+        log = open(self.log_path, "ab")
+        try:
+            self.process = subprocess.Popen(self.command(data), stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        finally:
+            log.close()
+        self.started_at = time.monotonic()
 
     def command(self, data: Path) -> list[str]:
         # The gateway has no --instance flag: it is gateway-0, its default.
@@ -104,7 +127,7 @@ class Service:
 
 def pki_layout(layout: Layout) -> tls.PkiLayout:
     """One certificate per process the launcher starts."""
-    return tls.PkiLayout(storage_nodes=layout.storage_nodes, crypto_workers=1, gateways=1)
+    return tls.PkiLayout(storage_nodes=layout.storage_nodes, crypto_workers=1, gateways=1, healers=1)
 
 
 def ensure_credentials(data: Path) -> tuple[str, str, bool]:
@@ -181,6 +204,7 @@ def plan_services(data: Path, layout: Layout, deployment_id: str = "") -> tuple[
     cipher = os.environ.get(ENV_CRYPTO_CIPHER)
     services.append(Service("crypto", "crypto", f"{host}:{layout.base_port + 2}",
                             ["--cipher", cipher] if cipher else [], tls.instance_name("crypto", 0)))
+    services.append(Service("heal", "heal", f"{host}:{layout.base_port + 3}", [], tls.instance_name("heal", 0)))
     services.append(Service("gateway", "gateway", layout.gateway, [], tls.instance_name("gateway", 0)))
     return services, members
 
@@ -205,7 +229,8 @@ class Cluster:
     def _record(self, ready: bool) -> None:
         self.cluster_file.services = [
             {"role": s.role, "name": s.name, "instance": s.instance, "address": s.address,
-             "pid": s.process.pid if s.process else None,
+             "pid": s.process.pid if s.process and s.process.poll() is None else None,
+             "restarts": s.restarts,
              **({"drives": s.drives} if s.drives else {}),
              "argv": s.command(self.data),
              "log": str(s.log_path) if s.log_path else None}
@@ -227,17 +252,13 @@ class Cluster:
         self._record(ready=False)
         logs = self.data / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        env = service_env(self.data)
-        # Storage and kms first: the worker and the gateway connect to them.
-        for wave in (("storage", "kms"), ("crypto",), ("gateway",)):
+        env = self.env = service_env(self.data)
+        # Storage and kms first: the worker, the heal service and the gateway connect to them.
+        for wave in (("storage", "kms"), ("crypto", "heal"), ("gateway",)):
             started = [s for s in self.services if s.role in wave]
             for s in started:
                 s.log_path = logs / f"{s.name}.log"
-                log = open(s.log_path, "ab")
-                s.process = subprocess.Popen(
-                    s.command(self.data), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                    start_new_session=True)
-                log.close()
+                s.spawn(self.data, env)
             self._record(ready=False)
             deadline = time.monotonic() + STARTUP_TIMEOUT
             for s in started:
@@ -248,9 +269,41 @@ class Cluster:
                         raise SystemExit(f"sealstore: {s.name} failed to start; its log ends:\n{tail}")
         self._record(ready=True)
 
-    def first_exited(self, ignore: set[str] = frozenset()) -> Service | None:
-        return next((s for s in self.services
-                     if s.name not in ignore and s.process and s.process.poll() is not None), None)
+    def supervise(self, restart: bool, reported: set[str]) -> None:
+        """One look at every child: a newly dead one is logged and (with `restart`) scheduled
+        to start again after its backoff; a due one is started. Never blocks."""
+        now = time.monotonic()
+        changed = False
+        for s in self.services:
+            if s.process is None or s.name in reported:
+                continue
+            if s.restart_at is not None:
+                if now >= s.restart_at:
+                    s.restart_at = None
+                    s.restarts += 1
+                    s.spawn(self.data, self.env)
+                    print(f"sealstore: {s.name} restarted (pid {s.process.pid}, restart {s.restarts})",
+                          file=sys.stderr, flush=True)
+                    changed = True
+                continue
+            code = s.process.poll()
+            if code is None:
+                continue
+            if not restart:
+                print(f"sealstore: {s.name} exited with code {code}; the others keep running and it is not "
+                      f"restarted ({ENV_KEEP_GOING}=1)", file=sys.stderr, flush=True)
+                reported.add(s.name)
+                changed = True
+                continue
+            if now - s.started_at >= STABLE_AFTER:
+                s.backoff = RESTART_BACKOFF_FIRST
+            s.restart_at = now + s.backoff
+            print(f"sealstore: {s.name} exited with code {code}; restarting it in {s.backoff:g} s, the others "
+                  f"keep serving (see {s.log_path})", file=sys.stderr, flush=True)
+            s.backoff = min(s.backoff * 2, RESTART_BACKOFF_MAX)
+            changed = True
+        if changed:
+            self._record(ready=True)
 
     def stop(self) -> None:
         # Reverse order: the gateway stops taking requests before the services behind it go.
@@ -300,23 +353,13 @@ def run(argv: list[str] | None = None) -> int:
     else:
         print(f"  root credentials: {'environment' if os.environ.get(config.ENV_ROOT_USER) else data / 'credentials.json'}", flush=True)
     print("  Ctrl-C stops the cluster.", flush=True)
-    exit_code = 0
-    keep_going = os.environ.get(ENV_KEEP_GOING) == "1"
+    restart = os.environ.get(ENV_KEEP_GOING) != "1"
     reported: set[str] = set()
     while not stopping:
-        dead = cluster.first_exited(ignore=reported)
-        if dead is not None and keep_going:
-            print(f"sealstore: {dead.name} exited with code {dead.process.returncode}; the others keep running "
-                  f"({ENV_KEEP_GOING}=1)", file=sys.stderr, flush=True)
-            reported.add(dead.name)
-        elif dead is not None:
-            print(f"sealstore: {dead.name} exited with code {dead.process.returncode}; stopping the cluster "
-                  f"(see {dead.log_path})", file=sys.stderr, flush=True)
-            exit_code = 1
-            break
+        cluster.supervise(restart, reported)
         time.sleep(0.2)
     print("sealstore: stopping...", flush=True)
     cluster.stop()
     cluster._record(ready=False)
     print("sealstore: stopped.", flush=True)
-    return exit_code
+    return 0

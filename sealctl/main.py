@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -17,6 +18,7 @@ from xml.etree import ElementTree
 import grpc
 
 from sealctl import admin as cli_admin, keys as cli_keys, policy as cli_policy
+from sealctl.errors import BadArgument, ClusterDown, CliError, MissingCredentials, NoCluster
 from sealstore import config, errors
 
 S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
@@ -30,12 +32,19 @@ def _fail(message: str) -> int:
 # ---------------------------------------------------------------- bucket encryption (S3 API, like mc encrypt)
 
 def _s3_credentials(data: Path) -> tuple[str, str]:
-    import os
     user, password = os.environ.get(config.ENV_ROOT_USER), os.environ.get(config.ENV_ROOT_PASSWORD)
     if user and password:
         return user, password
-    creds = json.loads((data / "credentials.json").read_text())
-    return creds["access_key"], creds["secret_key"]
+    path = data / "credentials.json"
+    try:
+        creds = json.loads(path.read_text())
+        return creds["access_key"], creds["secret_key"]
+    except FileNotFoundError:
+        raise MissingCredentials(
+            f"no root S3 credentials: set {config.ENV_ROOT_USER} and {config.ENV_ROOT_PASSWORD} as the cluster "
+            f"was started with (there is no {path})") from None
+    except (ValueError, KeyError, TypeError):
+        raise MissingCredentials(f"{path} is not a credentials file (access_key, secret_key)") from None
 
 
 def _s3_request(method: str, bucket: str, query: str, body: bytes = b"") -> tuple[int, bytes]:
@@ -53,6 +62,11 @@ def _s3_request(method: str, bucket: str, query: str, body: bytes = b"") -> tupl
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        why = getattr(reason, "strerror", None) or reason
+        raise ClusterDown(f"the gateway at {topology.gateway} does not answer ({why}); is the cluster running? "
+                          f"(`sealstore status`)") from None
 
 
 def _s3_error(body: bytes) -> str:
@@ -104,7 +118,7 @@ def cmd_status(args) -> int:
     data = config.data_dir()
     path = data / "cluster.json"
     if not path.exists():
-        return _fail(f"no cluster found: {path} does not exist (start one with `make run`)")
+        raise NoCluster(_no_cluster(path))
     raw = json.loads(path.read_text())
     certs = config.certs_dir(data)
     healthy = True
@@ -126,7 +140,9 @@ def cmd_status(args) -> int:
                 state, healthy = f"DOWN ({exc.code().name})", False
             finally:
                 channel.close()
-        print(f"{service['name']:<10} {service['role']:<8} {service['address']:<22} pid {service.get('pid')}  {state}")
+        restarts = service.get("restarts", 0)
+        print(f"{service['name']:<10} {service['role']:<8} {service['address']:<22} pid {str(service.get('pid')):<8} "
+              f"restarts {restarts:<3} {state}")
     try:
         status = cli_keys.kms_stub().Status(kms_pb2.StatusRequest(), timeout=3)
         print(f"kms: keystore {status.keystore}, {status.key_count} keys, up {status.uptime_seconds:.0f}s")
@@ -138,8 +154,15 @@ def cmd_status(args) -> int:
 
 # ---------------------------------------------------------------- entry point
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its refusals as a typed error (one line), not usage + message + exit."""
+
+    def error(self, message: str):
+        raise BadArgument(f"{message} (see `{self.prog} --help`)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sealstore", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="sealstore", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("run", help="start the local cluster in the foreground (Ctrl-C stops it)")
@@ -176,8 +199,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _no_cluster(path: Path) -> str:
+    return (f"no cluster in {path.parent}: {path.name} does not exist (start one with `sealstore run`, or set "
+            f"{config.ENV_DATA_DIR} to its data directory)")
+
+
+def _rpc_failure(exc: grpc.RpcError) -> str:
+    if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        details = (exc.details() or "").splitlines()[0] if exc.details() else exc.code().name
+        return f"the cluster does not answer ({details}); is it running? (`sealstore status`)"
+    err = errors.from_rpc_error(exc)
+    return f"{err.code}: {err.message}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Runs one command; every user error ends here as one line on stderr and a nonzero status."""
+    try:
+        return _dispatch(build_parser().parse_args(argv))
+    except CliError as err:
+        print(f"sealstore: {err}", file=sys.stderr)
+        return err.exit_code
+    except grpc.RpcError as exc:
+        print(f"sealstore: {_rpc_failure(exc)}", file=sys.stderr)
+        return 1
+    except errors.SealstoreError as err:
+        print(f"sealstore: {err.code}: {err.message}", file=sys.stderr)
+        return 1
+    except FileNotFoundError as exc:
+        if exc.filename is None:  # raised with a message of its own (config.load_topology)
+            message = str(exc)
+        elif Path(exc.filename).name == "cluster.json":
+            message = _no_cluster(Path(exc.filename))
+        else:
+            message = (f"{exc.filename}: {exc.strerror} (data directory {config.data_dir()}; set "
+                       f"{config.ENV_DATA_DIR} to the cluster's)")
+        print(f"sealstore: {message}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"sealstore: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("sealstore: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if (handled := cli_policy.dispatch(args)) is not None:
         return handled
     if (handled := cli_admin.dispatch(args)) is not None:

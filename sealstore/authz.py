@@ -20,7 +20,7 @@ import grpc
 
 from sealstore import errors
 from sealstore.tls import ROLES, Principal, principal_of
-from sealstore.v1 import crypto_pb2, kms_pb2, storage_pb2
+from sealstore.v1 import crypto_pb2, heal_pb2, kms_pb2, storage_pb2
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,7 @@ SERVICES = {
     "storage": storage_pb2.DESCRIPTOR.services_by_name["StorageService"],
     "crypto": crypto_pb2.DESCRIPTOR.services_by_name["CryptoService"],
     "kms": kms_pb2.DESCRIPTOR.services_by_name["KeyService"],
+    "heal": heal_pb2.DESCRIPTOR.services_by_name["HealService"],
 }
 """Service short name -> its protobuf descriptor (the methods the tables must cover)."""
 
@@ -58,6 +59,12 @@ POLICY_TABLES: dict[str, dict[str, frozenset[str]]] = {
         "admin": frozenset({"ListBuckets", "GetBucket", "MakeBucket", "SetBucketEncryption", "CheckShard",
                             "ReadShard", "WriteShard", "CommitObject", "AbortUpload", "UpdateObjectEncryption",
                             "DeleteObject", "GetObjectMeta", "ListObjects", "NodeStatus"}),
+        # The in-cluster heal service (services/heal): exactly what sealstore/erasure/heal.py
+        # calls. Check, read, rebuild, conditional commit, removal of dangling copies, and
+        # bucket metadata restored on a replaced drive; never re-keys objects or removes buckets.
+        "heal": frozenset({"ListBuckets", "GetBucket", "MakeBucket", "SetBucketEncryption", "ListObjects",
+                           "CheckShard", "ReadShard", "WriteShard", "CommitObject", "AbortUpload",
+                           "DeleteObject"}),
         "storage": _NOTHING,
         "kms": _NOTHING,
     },
@@ -66,6 +73,7 @@ POLICY_TABLES: dict[str, dict[str, frozenset[str]]] = {
         "gateway": frozenset({"PutObject", "GetObject"}),
         "crypto": _NOTHING,
         "admin": _NOTHING,
+        "heal": _NOTHING,
         "storage": _NOTHING,
         "kms": _NOTHING,
     },
@@ -76,6 +84,16 @@ POLICY_TABLES: dict[str, dict[str, frozenset[str]]] = {
         "crypto": frozenset({"GenerateKey", "Decrypt"}),
         # The KES admin: key lifecycle, rewrap.
         "admin": frozenset(methods_of("kms")),
+        "heal": _NOTHING,
+        "storage": _NOTHING,
+        "kms": _NOTHING,
+    },
+    "heal": {
+        # Starting a heal and reading its progress are the operator's (`sealstore admin heal`).
+        "admin": frozenset(methods_of("heal")),
+        "gateway": _NOTHING,
+        "crypto": _NOTHING,
+        "heal": _NOTHING,
         "storage": _NOTHING,
         "kms": _NOTHING,
     },

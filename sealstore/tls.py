@@ -7,8 +7,8 @@ two ways:
 - its public key: the kms's KES identity (hex SHA-256 of the DER SubjectPublicKeyInfo), which
   policy.json names.
 
-Server roles (kms, crypto, storage) carry their service name and instance name as DNS SANs and
-serverAuth; client-only roles (gateway, admin) carry no DNS name and only clientAuth. Clients
+Server roles (kms, crypto, storage, heal) carry their service name and instance name as DNS SANs
+and serverAuth; client-only roles (gateway, admin) carry no DNS name and only clientAuth. Clients
 check the service name on every connection (sealstore/rpc.py), so no certificate but the kms's
 can answer as "kms", and so on. Only the kms also carries `localhost`/`127.0.0.1` (and any
 `extra_sans`): its KES-compatible HTTPS API is dialled by address by MinIO and kms-go clients,
@@ -32,14 +32,15 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from sealstore.config import write_file_atomic
 
-ROLES = ("kms", "crypto", "gateway", "storage", "admin")
-"""`admin` is the command line's client certificate (key management, heal, rewrap)."""
+ROLES = ("kms", "crypto", "gateway", "storage", "admin", "heal")
+"""`admin` is the command line's client certificate (key management, heal requests, rewrap);
+`heal` the in-cluster heal service (a server for its own API, a client of the storage nodes)."""
 SINGLE_INSTANCE_ROLES = ("kms", "admin")
 """Roles with one instance, named as the role; the others are `<role>-<index>` from 0."""
-SERVER_ROLES = ("kms", "crypto", "storage")
-CLIENT_ROLES = ("crypto", "gateway", "admin")
+SERVER_ROLES = ("kms", "crypto", "storage", "heal")
+CLIENT_ROLES = ("crypto", "gateway", "admin", "heal")
 """Roles that dial other services. The kms and storage nodes call nobody: no clientAuth."""
-SERVICE_NAMES = {"kms": "kms", "crypto": "crypto", "storage": "storage"}
+SERVICE_NAMES = {"kms": "kms", "crypto": "crypto", "storage": "storage", "heal": "heal"}
 """The DNS name a client expects in the certificate of each kind of server."""
 KMS_LOCAL_SANS = ("localhost", "127.0.0.1")
 SPIFFE_PREFIX = "spiffe://sealstore/"
@@ -57,10 +58,12 @@ class PkiLayout:
     storage_nodes: int = 4
     crypto_workers: int = 1
     gateways: int = 1
+    healers: int = 1
 
     def instances(self) -> list[tuple[str, str]]:
         """(role, instance name) of every certificate, in a stable order."""
-        counts = {"crypto": self.crypto_workers, "gateway": self.gateways, "storage": self.storage_nodes}
+        counts = {"crypto": self.crypto_workers, "gateway": self.gateways, "storage": self.storage_nodes,
+                  "heal": self.healers}
         out: list[tuple[str, str]] = []
         for role in ROLES:
             if role in SINGLE_INSTANCE_ROLES:

@@ -43,7 +43,7 @@ def _free(port: int) -> bool:
 def _pick_ports(storage_nodes: int) -> tuple[int, int]:
     for _ in range(200):
         base = random.randrange(20000, 40000, 100)
-        ports = [base + 1, base + 2, *(base + 11 + i for i in range(storage_nodes)), base + 99]
+        ports = [base + 1, base + 2, base + 3, *(base + 11 + i for i in range(storage_nodes)), base + 99]
         if all(_free(p) for p in ports):
             return base, base + 99
     raise RuntimeError("no free ports")

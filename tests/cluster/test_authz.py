@@ -20,7 +20,7 @@ from sealstore.v1 import crypto_pb2, crypto_pb2_grpc, kms_pb2, kms_pb2_grpc
 from tests.cluster.harness import unique
 from tests.pki.certs import CLIENT, issue
 
-CALLERS = ("gateway", "crypto", "admin")
+CALLERS = ("gateway", "crypto", "admin", "heal")
 """Roles whose certificates may open a connection (clientAuth)."""
 NON_CALLERS = ("storage", "kms")
 """Roles whose certificates are refused at the handshake as clients (serverAuth only)."""
@@ -159,9 +159,10 @@ def test_only_the_worker_and_the_admin_write_shards_or_rekey_objects(cluster, po
     certs = cluster.data / "certs"
     storage = address_of(cluster, "storage")
     # Written out here, not read from the tables, so a widened table fails this test.
-    writers = {"WriteShard": {"crypto", "admin"}, "CommitObject": {"crypto", "admin"},
-               "AbortUpload": {"crypto", "admin"}, "UpdateObjectEncryption": {"admin"},
-               "DeleteObject": {"gateway", "crypto", "admin"}}  # the gateway's is S3 DELETE
+    # The heal service rebuilds copies (conditional commits) and removes dangling ones.
+    writers = {"WriteShard": {"crypto", "admin", "heal"}, "CommitObject": {"crypto", "admin", "heal"},
+               "AbortUpload": {"crypto", "admin", "heal"}, "UpdateObjectEncryption": {"admin"},
+               "DeleteObject": {"gateway", "crypto", "admin", "heal"}}  # the gateway's is S3 DELETE
     for role in CALLERS:
         with rpc.sync_channel(certs, role, storage, server="storage") as channel:
             for method, roles in writers.items():
@@ -170,6 +171,22 @@ def test_only_the_worker_and_the_admin_write_shards_or_rekey_objects(cluster, po
     for role in NON_CALLERS:
         with rpc.sync_channel(policy_probes, f"{role}-probe", storage, server="storage") as channel:
             assert all(call(channel, "storage", m) == grpc.StatusCode.PERMISSION_DENIED for m in writers)
+
+
+def test_the_heal_service_holds_no_keys_and_only_the_admin_drives_it(cluster):
+    """The heal role gets nothing from the kms or the worker; its own API answers the admin only."""
+    certs = cluster.data / "certs"
+    with rpc.sync_channel(certs, "heal", address_of(cluster, "kms"), server="kms") as channel:
+        for method in authz.methods_of("kms"):
+            assert call(channel, "kms", method) == grpc.StatusCode.PERMISSION_DENIED, method
+    with rpc.sync_channel(certs, "heal", address_of(cluster, "crypto"), server="crypto") as channel:
+        for method in authz.methods_of("crypto"):
+            assert call(channel, "crypto", method) == grpc.StatusCode.PERMISSION_DENIED, method
+    for role in ("gateway", "crypto", "heal"):
+        with rpc.sync_channel(certs, role, address_of(cluster, "heal"), server="heal") as channel:
+            assert call(channel, "heal", "StartHeal") == grpc.StatusCode.PERMISSION_DENIED, role
+    with rpc.sync_channel(certs, "admin", address_of(cluster, "heal"), server="heal") as channel:
+        assert call(channel, "heal", "ScannerStatus") == grpc.StatusCode.OK
 
 
 def test_the_gateway_cannot_manage_keys(cluster):

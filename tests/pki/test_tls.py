@@ -48,6 +48,8 @@ def test_each_instance_has_its_own_key_and_only_its_own_names(certs):
         "gateway-0": (set(), {CLIENT}),
         "gateway-1": (set(), {CLIENT}),
         "admin": (set(), {CLIENT}),
+        # A server for its own API, a client of the storage nodes.
+        "heal-0": ({"heal", "heal-0"}, {SERVER, CLIENT}),
     }
     for name, (dns, eku) in expected.items():
         cert = load(certs, name)
@@ -58,13 +60,14 @@ def test_each_instance_has_its_own_key_and_only_its_own_names(certs):
         assert usages(cert) == eku, name
         assert tls.principal_of(tls.tls_files(certs, name).cert.read_bytes()).role == role
     identities = tls.instance_identities(certs)
-    assert len(identities) == 9 and len(set(identities.values())) == 9  # no key shared
+    assert len(identities) == 10 and len(set(identities.values())) == 10  # no key shared
 
 
 def test_a_role_name_means_its_first_instance(certs):
     assert tls.tls_files(certs, "storage").cert.name == "storage-0.pem"
     assert tls.tls_files(certs, "crypto").cert.name == "crypto-0.pem"
     assert tls.tls_files(certs, "kms").cert.name == "kms.pem"
+    assert tls.tls_files(certs, "heal").cert.name == "heal-0.pem"
 
 
 def test_identities_file_lists_every_instance_for_the_kms(certs, tmp_path):

@@ -1,0 +1,3 @@
+from services.heal.server import main
+
+main()
