@@ -9,6 +9,7 @@ runs unchanged. Faults:
 - node.offline = True: every call fails UNAVAILABLE (a node that is down);
 - node.delay = s: every call waits s seconds first (slow node; a client timeout trips);
 - node.fail(method, error): that method raises `error` until node.heal(method);
+- node.on(method, hook): hook() runs before each call of that method (a racing writer);
 - drive.full = True: writes answer StorageFull (XMinioStorageFull);
 - drive.corrupt_meta(bucket, key): the copy's metadata is unreadable (META_CORRUPT, ObjectTampered);
 - drive.lose_shard(bucket, key): the shard file is gone (SHARD_MISSING);
@@ -113,10 +114,15 @@ class FakeStorageNode(storage_pb2_grpc.StorageServiceServicer):
         self.offline = False
         self.delay = 0.0
         self.failures: dict[str, errors.SealstoreError] = {}
+        self.hooks: dict[str, object] = {}
         self.calls: collections.Counter = collections.Counter()
 
     def fail(self, method: str, error: errors.SealstoreError) -> None:
         self.failures[method] = error
+
+    def on(self, method: str, hook) -> None:
+        """Runs `hook()` before each call of `method` (e.g. a concurrent write landing mid-heal)."""
+        self.hooks[method] = hook
 
     def heal(self, method: str | None = None) -> None:
         if method is None:
@@ -131,6 +137,8 @@ class FakeStorageNode(storage_pb2_grpc.StorageServiceServicer):
         if self.offline:
             raise AioRpcError(grpc.StatusCode.UNAVAILABLE, Metadata(), Metadata(),
                               f"failed to connect to all addresses ({self.node_id} is offline)")
+        if method in self.hooks:
+            self.hooks[method]()
         if method in self.failures:
             raise self.failures[method]
 

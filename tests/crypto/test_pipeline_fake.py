@@ -1,0 +1,124 @@
+"""The worker's PUT and GET pipelines in-process: the storage fake for the drives and the real kms
+(KeyManager and servicer, in-memory keystore) behind the worker's real KmsClient."""
+from __future__ import annotations
+
+import pytest
+
+from sealstore import errors
+from tests.fakes.kms import InProcessKms
+from tests.fakes.objects import get, payload, put
+from tests.fakes.storage import FakeStorage
+
+BUCKET = "pipeline-bucket"
+KEY_NAME = "bucket-key"
+SIZES = [0, 1, 1000, 3 * 1024 * 1024 + 17]
+
+
+def run(fake: FakeStorage, kms: InProcessKms, test):
+    async def go(store):
+        await store.make_bucket(BUCKET)
+        return await test(store, kms.client())
+    return fake.run(go)
+
+
+def stored_bytes(fake: FakeStorage, key: str) -> bytes:
+    return b"".join(b for i in range(4) for b in fake.member_drive(i).copy_of(BUCKET, key).blocks)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_sse_kms_round_trip_and_ranges(size):
+    fake, kms = FakeStorage(), InProcessKms()
+    kms.create_key(KEY_NAME)
+    data = payload(size)
+
+    async def test(store, client):
+        meta = await put(store, BUCKET, "k", data, kms=client, key_name=KEY_NAME)
+        assert meta.encryption.kms_key_name == KEY_NAME and meta.size == size
+        assert await get(store, BUCKET, "k", kms=client) == data
+        if size > 2:
+            assert await get(store, BUCKET, "k", kms=client, first=1, last=size - 2) == data[1:size - 1]
+            assert await get(store, BUCKET, "k", kms=client, first=size - 1) == data[-1:]
+    run(fake, kms, test)
+    if size >= 64:  # the drives hold ciphertext: no run of the plaintext appears in the shards
+        assert data[:64] not in stored_bytes(fake, "k")
+    assert kms.calls == {"GenerateKey": 1, "Decrypt": 1 + 2 * (size > 2)}
+
+
+def test_missing_or_disabled_key_fails_before_any_drive_is_written():
+    fake, kms = FakeStorage(), InProcessKms()
+    kms.create_key(KEY_NAME)
+    kms.manager.disable_key(KEY_NAME, "test-admin")
+
+    async def test(store, client):
+        with pytest.raises(errors.KMSNotFound):
+            await put(store, BUCKET, "k", payload(1000), kms=client, key_name="no-such-key")
+        with pytest.raises(errors.KMSDisabled):
+            await put(store, BUCKET, "k", payload(3 * 1024 * 1024), kms=client, key_name=KEY_NAME)
+    run(fake, kms, test)
+    assert sum(n.calls["WriteShard"] + n.calls["CommitObject"] for n in fake.nodes) == 0
+
+
+def test_short_body_is_refused_and_leaves_nothing():
+    fake, kms = FakeStorage(), InProcessKms()
+    kms.create_key(KEY_NAME)
+
+    async def test(store, client):
+        with pytest.raises(errors.IncompleteBody):
+            await put(store, BUCKET, "k", payload(2 * 1024 * 1024), kms=client, key_name=KEY_NAME,
+                      content_length=3 * 1024 * 1024)
+        with pytest.raises(errors.NoSuchKey):
+            await store.get_object_meta(BUCKET, "k")
+    run(fake, kms, test)
+    assert not any(d.uploads or d.objects for n in fake.nodes for d in n.drives)
+
+
+def test_get_reads_around_bad_shards_until_fewer_than_k_remain():
+    fake, kms = FakeStorage(), InProcessKms()
+    kms.create_key(KEY_NAME)
+    data = payload(3 * 1024 * 1024)
+
+    async def test(store, client):
+        await put(store, BUCKET, "k", data, kms=client, key_name=KEY_NAME)
+        fake.member_drive(0).rot_block(BUCKET, "k", 1)
+        fake.member_drive(1).lose_shard(BUCKET, "k")
+        assert await get(store, BUCKET, "k", kms=client) == data  # members 2, 3 decode it
+        fake.member_drive(2).rot_block(BUCKET, "k", 2)
+        with pytest.raises(errors.ObjectTampered):
+            await get(store, BUCKET, "k", kms=client)
+    run(fake, kms, test)
+
+
+def test_tampered_ciphertext_is_never_returned():
+    fake, kms = FakeStorage(), InProcessKms()
+    kms.create_key(KEY_NAME)
+    data = payload(1000)
+
+    async def test(store, client):
+        await put(store, BUCKET, "k", data, kms=client, key_name=KEY_NAME)
+        for i in range(4):  # the same flipped byte in every copy's fragment: decodes, fails authentication
+            copy = fake.member_drive(i).copy_of(BUCKET, "k")
+            if i < 2:  # data fragments hold the ciphertext
+                block = bytearray(copy.blocks[0])
+                block[-1] ^= 0x01
+                copy.blocks[0] = bytes(block)
+        fake.nodes[2].offline = fake.nodes[3].offline = True
+        with pytest.raises(errors.ObjectTampered):
+            await get(store, BUCKET, "k", kms=client)
+    run(fake, kms, test)
+
+
+def test_an_object_read_under_another_name_is_refused():
+    fake, kms = FakeStorage(), InProcessKms()
+    kms.create_key(KEY_NAME)
+
+    async def test(store, client):
+        await put(store, BUCKET, "a", payload(1000, 1), kms=client, key_name=KEY_NAME)
+        await put(store, BUCKET, "b", payload(1000, 2), kms=client, key_name=KEY_NAME)
+        for i in range(4):  # every drive's copy of "b" replaced by "a"'s, renamed: DEK bound to "a"
+            d = fake.member_drive(i)
+            moved = d.copy_of(BUCKET, "a")
+            d.objects[(BUCKET, "b")].blocks = list(moved.blocks)
+            d.objects[(BUCKET, "b")].meta.encryption.CopyFrom(moved.meta.encryption)
+        with pytest.raises((errors.ObjectTampered, errors.KMSInvalidCiphertext)):
+            await get(store, BUCKET, "b", kms=client)
+    run(fake, kms, test)
