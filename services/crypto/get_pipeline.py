@@ -8,7 +8,8 @@ authentication failure is ObjectTampered: garbage is never returned.
 
 Bucket and object name come from the request only: they locate the shards and are bound into
 the kms context and the KEK. The names stored in the metadata are only compared with them
-(a copy naming another object is a bad copy, see erasure_set `_meta_outcomes`), so metadata
+(a copy naming another object is a bad copy, see sealstore/erasure/quorum.py
+`without_foreign_copies`), so metadata
 moved or copied on the drives can never make one object's plaintext readable under another
 name.
 """
@@ -20,11 +21,13 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 from sealstore import errors
-from sealstore.erasure_set import ErasureSetClient, ErasureSets
+from sealstore.erasure import coder as erasure
+from sealstore.erasure.client import ErasureSetClient, ErasureSets, StoredVersion
+from sealstore.erasure.heal import heal_object
+from sealstore.erasure.streams import StripeReader
 from sealstore.v1 import types_pb2
-from services.crypto import dare, erasure, keys
+from services.crypto import dare, keys
 from services.crypto.kms_client import KmsClient
-from services.crypto.shard_io import StripeReader
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +42,6 @@ _healing: dict[tuple[str, str], asyncio.Task] = {}
 
 def schedule_heal(store: ErasureSetClient, bucket: str, key: str, suspects: set[int]) -> None:
     """Heals an object whose read found bad copies, after the read, without delaying it."""
-    from sealstore.erasure_heal import heal_object
     if (bucket, key) in _healing or len(_healing) >= MAX_BACKGROUND_HEALS:
         return
 
@@ -137,7 +139,8 @@ class ObjectReader:
             raise errors.ObjectTampered(f"{self.bucket}/{self.key}: metadata sizes are inconsistent")
         coder = erasure.StripeCoder(layout.data_shards, layout.parity_shards, layout.ec_type or erasure.EC_TYPE)
         first, count = erasure.stripe_span(offset, length, stripe_size)
-        reader = StripeReader(self.store, coder, self.bucket, self.key, self.meta.data_id, self.holders)
+        reader = StripeReader(self.store, coder, StoredVersion(self.bucket, self.key, self.meta.data_id),
+                              self.holders)
         stripe_index = first
         async for stripe in self._noting_bad_members(reader, first, count):
             start = stripe_index * stripe_size

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from sealstore import errors
 # The canonical form and the AAD live in the shared library: the gateway parses the same context and
-# the rewrap walker (sealstore/rewrap.py) must bind to the same AAD.
+# the rewrap walker (sealctl/rewrap.py) must bind to the same AAD.
 from sealstore.sse_context import (canonical_context_json, kms_context, object_path,  # noqa: F401
                                    parse_context_json, validate_context)
 from services.crypto import dare

@@ -21,16 +21,21 @@ from typing import AsyncIterator
 import xxhash
 
 from sealstore import errors
-from sealstore.erasure_set import ErasureSetClient, ErasureSets
+from sealstore.erasure import framing
+from sealstore.erasure.client import ErasureSetClient, ErasureSets
+from sealstore.erasure.coder import StripeCoder
+from sealstore.erasure.streams import InlineFragments, ShardFanout
 from sealstore.v1 import types_pb2
-from services.crypto import dare, erasure, keys
+from services.crypto import dare, keys
 from services.crypto.kms_client import KmsClient
-from services.crypto.shard_io import InlineFragments, ShardFanout
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 ENVELOPE_FORMAT_VERSION = 1
+PACKAGES_PER_STRIPE = 16
+STRIPE_SIZE = PACKAGES_PER_STRIPE * dare.MAX_PACKAGE  # 1,049,088
+"""Stored bytes per stripe: whole DARE packages, so a range read decodes whole packages."""
 INLINE_SHARD_LIMIT = 128 * 1024
 """Objects whose shard per drive is at most this (MinIO's 128 KiB) are stored inline: inside
 each drive's metadata, one write per drive."""
@@ -41,7 +46,7 @@ def stored_inline(header: "PutHeader", data_shards: int) -> bool:
     if header.content_length < 0:
         return False
     stored = dare.encrypted_size(header.content_length) if header.sse_kms is not None else header.content_length
-    return stored <= erasure.STRIPE_SIZE and -(-stored // data_shards) <= INLINE_SHARD_LIMIT
+    return stored <= STRIPE_SIZE and -(-stored // data_shards) <= INLINE_SHARD_LIMIT
 
 
 @dataclass(frozen=True)
@@ -70,7 +75,7 @@ class BodyEnd:
 class StripeBuffer:
     """Collects the stored stream into fixed-size stripes, reusing one buffer."""
 
-    def __init__(self, stripe_size: int = erasure.STRIPE_SIZE):
+    def __init__(self, stripe_size: int = STRIPE_SIZE):
         self._buf = bytearray(stripe_size)
         self._len = 0
         self.size = stripe_size
@@ -137,7 +142,7 @@ async def put_object(store: ErasureSetClient | ErasureSets, kms: KmsClient, head
     store = store.set_for(header.bucket, header.key)
     await store.get_bucket(header.bucket, for_write=True)
     sealing = await _seal_new_object(kms, header, cipher) if header.sse_kms is not None else None
-    coder = erasure.StripeCoder(store.data_shards, store.parity_shards)
+    coder = StripeCoder(store.data_shards, store.parity_shards)
     upload_id = uuid.uuid4().hex
     inline = stored_inline(header, store.data_shards)
     fanout = InlineFragments(store) if inline else ShardFanout(store, upload_id, header.bucket)
@@ -169,7 +174,7 @@ class _Stored:
 
 
 async def _stream_body(body: AsyncIterator[bytes | BodyEnd], header: PutHeader, fanout: ShardFanout,
-                       coder: erasure.StripeCoder, sealing: _Sealing | None, cipher: int) -> _Stored:
+                       coder: StripeCoder, sealing: _Sealing | None, cipher: int) -> _Stored:
     stripes = StripeBuffer()
     encryptor = dare.DareEncryptor(sealing.oek, cipher=cipher) if sealing else None
     # SSE-KMS objects get no MD5 ETag (as AWS and MinIO); xxh3-128 of the ciphertext is cheap.
@@ -214,15 +219,15 @@ async def _stream_body(body: AsyncIterator[bytes | BodyEnd], header: PutHeader, 
     return _Stored(received, stored, count, digest.hexdigest())
 
 
-def _object_meta(header: PutHeader, upload_id: str, stored: _Stored, coder: erasure.StripeCoder,
+def _object_meta(header: PutHeader, upload_id: str, stored: _Stored, coder: StripeCoder,
                  sealing: _Sealing | None) -> types_pb2.ObjectMeta:
     meta = types_pb2.ObjectMeta(
         format_version=FORMAT_VERSION, bucket=header.bucket, key=header.key, data_id=upload_id,
         size=stored.plain_size, stored_size=stored.stored_size, etag=stored.etag, mtime_ns=time.time_ns(),
         content_type=header.content_type, user_metadata=header.user_metadata,
         erasure=types_pb2.ErasureLayout(
-            data_shards=coder.data_shards, parity_shards=coder.parity_shards, stripe_size=erasure.STRIPE_SIZE,
-            ec_type=coder.ec_type, block_checksum=erasure.BLOCK_CHECKSUM, stripe_count=stored.stripes))
+            data_shards=coder.data_shards, parity_shards=coder.parity_shards, stripe_size=STRIPE_SIZE,
+            ec_type=coder.ec_type, block_checksum=framing.CHECKSUM_NAME, stripe_count=stored.stripes))
     if sealing is not None:
         meta.encryption.CopyFrom(sealing.envelope)
     return meta

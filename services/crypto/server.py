@@ -12,7 +12,8 @@ import logging
 from pathlib import Path
 
 from sealstore import config
-from sealstore import erasure_set, memory
+from sealstore import memory
+from sealstore.erasure import client as erasure_client
 from sealstore.rpc import aio_channel, build_server, configure_logging, run_server
 from sealstore.v1 import crypto_pb2_grpc
 from services.crypto import dare
@@ -46,7 +47,7 @@ async def serve(args: argparse.Namespace) -> None:
     topology = config.load_topology(data)
     certs = config.certs_dir(data)
     instance = config.instance_name(ROLE, args.instance)
-    store = erasure_set.connect(topology, certs, instance)
+    store = erasure_client.connect(topology, certs, instance)
     kms_channel = aio_channel(certs, instance, topology.kms, server="kms")
     servicer = CryptoServicer(store, KmsClient(kms_channel), cipher=args.cipher_id)
     server = build_server(certs=certs, role=ROLE, instance=instance, listen=args.listen,

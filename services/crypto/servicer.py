@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import AsyncIterator
 
 from sealstore import errors
-from sealstore.erasure_set import ErasureSetClient, ErasureSets
+from sealstore.erasure.client import ErasureSetClient, ErasureSets
 from sealstore.v1 import crypto_pb2, crypto_pb2_grpc
 from services.crypto import dare, keys
 from services.crypto.get_pipeline import RangeRequest, open_object

@@ -21,7 +21,7 @@ bucket operations invalidate it at once, other gateways' changes show up within 
 class Backend:
     def __init__(self, topology: Topology, certs: Path, instance: str | None = None):
         """`instance`: this gateway's certificate (default $SEALSTORE_INSTANCE, else gateway-0)."""
-        from sealstore.erasure_set import connect
+        from sealstore.erasure.client import connect
 
         instance = config.instance_name(ROLE, instance)
         self._channels = [aio_channel(certs, instance, addr, server="crypto") for addr in topology.crypto]

@@ -43,11 +43,11 @@ from google.protobuf import json_format
 
 from sealstore import errors
 from sealstore.config import write_file_atomic
-from sealstore.erasure_set import CORRUPT_COPY
+from sealstore.erasure.framing import InlineShardReader, frame_blocks, verify_inline
+from sealstore.erasure.quorum import CORRUPT_COPY
 from sealstore.v1 import storage_pb2, types_pb2
 
-from services.storage.shardfile import (InlineShardReader, ShardReader, ShardWriter, frame_blocks, verify_inline,
-                                        verify_shard)
+from services.storage.shardfile import ShardReader, ShardWriter, verify_shard
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from sealstore import config, rpc, tls
-from sealstore.erasure_set import ErasureSetClient
+from sealstore.erasure.client import ErasureSetClient
 from sealstore.v1 import crypto_pb2_grpc, kms_pb2, kms_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[2]

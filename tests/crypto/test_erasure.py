@@ -7,15 +7,16 @@ import os
 import pytest
 
 from sealstore import errors
-from services.crypto import erasure
+from sealstore.erasure import coder as erasure
+from services.crypto.put_pipeline import STRIPE_SIZE
 
 
 def test_stripe_is_sixteen_packages():
-    assert erasure.STRIPE_SIZE == 1_049_088 == 16 * 65568
+    assert STRIPE_SIZE == 1_049_088 == 16 * 65568
 
 
 @pytest.mark.parametrize("k,m", [(2, 2), (4, 2), (8, 4)])
-@pytest.mark.parametrize("size", [1, 1000, erasure.STRIPE_SIZE])
+@pytest.mark.parametrize("size", [1, 1000, STRIPE_SIZE])
 def test_any_k_fragments_decode(k, m, size):
     coder = erasure.StripeCoder(k, m)
     stripe = os.urandom(size)
@@ -40,12 +41,12 @@ def test_garbage_fragments_are_typed():
 
 
 def test_stripe_maths():
-    S = erasure.STRIPE_SIZE
-    assert erasure.stripe_count(0) == 0
-    assert erasure.stripe_count(1) == 1
-    assert erasure.stripe_count(S) == 1
-    assert erasure.stripe_count(S + 1) == 2
-    assert erasure.stripe_span(0, S) == (0, 1)
-    assert erasure.stripe_span(S - 1, 2) == (0, 2)
-    assert erasure.stripe_span(2 * S, 1) == (2, 1)
-    assert erasure.stripe_span(5, 0) == (0, 0)
+    S = STRIPE_SIZE
+    assert erasure.stripe_count(0, S) == 0
+    assert erasure.stripe_count(1, S) == 1
+    assert erasure.stripe_count(S, S) == 1
+    assert erasure.stripe_count(S + 1, S) == 2
+    assert erasure.stripe_span(0, S, S) == (0, 1)
+    assert erasure.stripe_span(S - 1, 2, S) == (0, 2)
+    assert erasure.stripe_span(2 * S, 1, S) == (2, 1)
+    assert erasure.stripe_span(5, 0, S) == (0, 0)

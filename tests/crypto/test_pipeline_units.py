@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from sealstore import errors
-from sealstore.erasure_set import _without_foreign_copies
+from sealstore.erasure.quorum import without_foreign_copies
 from sealstore.v1 import types_pb2
 from services.crypto.get_pipeline import RangeRequest, ResolvedRange, check_names, resolve_range
 from services.crypto.put_pipeline import StripeBuffer
@@ -55,7 +55,7 @@ def test_a_copy_naming_another_object_is_a_bad_copy_for_the_quorum():
     missing = errors.NoSuchKey()
     outcomes = [good, moved, aliased, missing]
     metas = [o if isinstance(o, types_pb2.ObjectMeta) else None for o in outcomes]
-    checked = _without_foreign_copies(outcomes, metas, *requested)
+    checked = without_foreign_copies(outcomes, metas, *requested)
     assert checked[0] is good and checked[3] is missing
     assert all(isinstance(o, errors.ObjectTampered) for o in checked[1:3])
 

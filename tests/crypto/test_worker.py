@@ -13,7 +13,9 @@ import xxhash
 
 from sealstore import errors
 from sealstore.v1 import crypto_pb2, kms_pb2
-from services.crypto import dare, erasure
+from sealstore.erasure import coder as erasure
+from services.crypto import dare
+from services.crypto.put_pipeline import STRIPE_SIZE
 
 MiB = 1 << 20
 KEY = "bucket-key"
@@ -86,7 +88,7 @@ def test_encrypted_round_trip(setup, size):
     assert meta.size == size
     assert meta.stored_size == dare.encrypted_size(size)
     assert meta.erasure.data_shards == 2 and meta.erasure.parity_shards == 2
-    assert meta.erasure.stripe_count == erasure.stripe_count(dare.encrypted_size(size))
+    assert meta.erasure.stripe_count == erasure.stripe_count(dare.encrypted_size(size), STRIPE_SIZE)
     enc = meta.encryption
     assert enc.cipher == "AES-256-GCM" and enc.kms_key_name == KEY and enc.domain == "SSE-KMS"
     assert enc.seal_algorithm == "DAREv2-HMAC-SHA256" and len(enc.sealed_oek) == 64 and len(enc.iv) == 32
@@ -121,8 +123,8 @@ def test_sse_kms_etag_is_xxh3_of_ciphertext_on_drives(setup):
     (crypto_pb2.ByteRange(first=0, last=0), 0, 1),
     (crypto_pb2.ByteRange(first=65535, last=65536), 65535, 2),
     (crypto_pb2.ByteRange(first=65536, last=-1), 65536, 3 * MiB + 1 - 65536),
-    (crypto_pb2.ByteRange(first=erasure.STRIPE_SIZE - 5, last=erasure.STRIPE_SIZE + 70000),
-     erasure.STRIPE_SIZE - 5, 70006),
+    (crypto_pb2.ByteRange(first=STRIPE_SIZE - 5, last=STRIPE_SIZE + 70000),
+     STRIPE_SIZE - 5, 70006),
     (crypto_pb2.ByteRange(first=3 * MiB - 2, last=10 * MiB), 3 * MiB - 2, 3),
     (crypto_pb2.ByteRange(is_suffix=True, suffix_length=100), 3 * MiB + 1 - 100, 100),
     (crypto_pb2.ByteRange(is_suffix=True, suffix_length=10 * MiB), 0, 3 * MiB + 1),

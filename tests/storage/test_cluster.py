@@ -12,7 +12,7 @@ import pytest
 from pyeclib.ec_iface import ECDriver
 
 from sealstore import errors
-from sealstore.erasure_set import ErasureSetClient
+from sealstore.erasure.client import ErasureSetClient, StoredVersion
 from sealstore.rpc import aio_channel
 from sealstore.v1 import storage_pb2, storage_pb2_grpc, types_pb2
 
@@ -71,7 +71,7 @@ async def get(client, bucket, key, members):
     meta = await client.get_object_meta(bucket, key)
     shards = []
     for i in members:
-        shards.append([b async for b in client.read_shard(i, bucket, key, meta.data_id, 0,
+        shards.append([b async for b in client.read_shard(i, StoredVersion(bucket, key, meta.data_id), 0,
                                                           meta.erasure.stripe_count)])
     return b"".join(EC.decode(list(stripe)) for stripe in zip(*shards))
 
@@ -122,7 +122,7 @@ def test_put_read_list_delete(cluster):
         assert await get(c, "objs", "dir/file.bin", [0, 1]) == data
         assert await get(c, "objs", "dir/file.bin", [2, 3]) == data  # parity only
         # A block range: stripe 2 alone.
-        part = [b async for b in c.read_shard(0, "objs", "dir/file.bin", meta.data_id, 2, 1)]
+        part = [b async for b in c.read_shard(0, StoredVersion("objs", "dir/file.bin", meta.data_id), 2, 1)]
         assert part == [encode(data)[0][2]]
         entries, truncated = await c.list_objects("objs", "dir/", "", 100)
         assert [(e.key, e.size, e.data_id) for e in entries] == [("dir/file.bin", len(data), meta.data_id)]
@@ -155,11 +155,11 @@ def test_overwrite_and_empty_object(cluster):
         old_shard = shard_path(cluster, 0, "over", "k", v1.data_id)
         assert old_shard.exists() and v1.data_id in (old_shard.parent / "prev.json").read_text()
         with pytest.raises(errors.NoSuchKey):
-            [b async for b in c.read_shard(0, "over", "k", v1.data_id, 0, 1)]
+            [b async for b in c.read_shard(0, StoredVersion("over", "k", v1.data_id), 0, 1)]
         empty = await put(c, "over", "empty", b"")
         got = await c.get_object_meta("over", "empty")
         assert got.data_id == empty.data_id and got.erasure.stripe_count == 0
-        assert [b async for b in c.read_shard(1, "over", "empty", got.data_id, 0, 0)] == []
+        assert [b async for b in c.read_shard(1, StoredVersion("over", "empty", got.data_id), 0, 0)] == []
     run(cluster, scenario)
 
 
@@ -193,7 +193,7 @@ def test_corrupt_shard_gives_data_loss_on_that_member_only(cluster):
         raw[len(raw) // 2] ^= 0xFF
         path.write_bytes(bytes(raw))
         with pytest.raises(errors.ObjectTampered):
-            [b async for b in c.read_shard(1, "rot", "victim", meta.data_id, 0, 3)]
+            [b async for b in c.read_shard(1, StoredVersion("rot", "victim", meta.data_id), 0, 3)]
         # The raw status a reader sees is DATA_LOSS.
         stub = storage_pb2_grpc.StorageServiceStub(aio_channel(cluster.certs, "crypto", cluster.address(1), server="storage"))
         with pytest.raises(grpc.RpcError) as info:

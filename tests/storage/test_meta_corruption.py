@@ -11,7 +11,7 @@ import shutil
 import pytest
 
 from sealstore import errors
-from sealstore.erasure_set import CORRUPT_COPY
+from sealstore.erasure.quorum import CORRUPT_COPY
 from sealstore.v1 import storage_pb2
 from services.storage.drive import Drive
 from tests.storage.test_drive import meta_for, object_dir, put, read_all

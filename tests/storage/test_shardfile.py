@@ -6,7 +6,8 @@ import os
 import pytest
 
 from sealstore import errors
-from services.storage.shardfile import HEADER_SIZE, ShardReader, ShardWriter
+from sealstore.erasure.framing import HEADER_SIZE
+from services.storage.shardfile import ShardReader, ShardWriter
 
 
 def write(path, blocks):

@@ -1,12 +1,9 @@
-"""The quorum client of one erasure set: fans calls out to its storage drives and decides.
+"""The quorum client of one erasure set: fans calls out to its storage drives over gRPC and
+lets the quorum rules (quorum.py) decide what the answers mean.
 
 Member i of the set (a drive of a storage node) always stores shard i. Every call goes to
 the members concurrently with a deadline; a member that fails or is unreachable counts as
-a failure, never as "not found". Rules, as MinIO's:
-
-- read_quorum = data shards: a read is answered when that many members agree;
-- write_quorum = data shards (+1 when data == parity, so two halves can never both win);
-- an outcome that reaches neither success nor a definite error at quorum is `SlowDown` (503).
+a failure, never as "not found".
 
 Bucket calls go once to each storage node (the node applies them to all its drives) and the
 node's answer counts for each of its members. Construct the client inside the running event
@@ -15,7 +12,6 @@ loop: its grpc.aio channels belong to that loop.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 from dataclasses import dataclass
@@ -26,6 +22,8 @@ import grpc
 
 from sealstore import errors
 from sealstore.config import Topology, set_of
+from sealstore.erasure import quorum
+from sealstore.erasure.quorum import failed as _failed
 from sealstore.rpc import CHANNEL_OPTIONS, channel_credentials, channel_options
 from sealstore.v1 import storage_pb2, storage_pb2_grpc, types_pb2
 
@@ -49,10 +47,6 @@ def _member_channel(certs: Path, role: str, address: str) -> grpc.aio.Channel:
     return grpc.aio.secure_channel(address, channel_credentials(certs, role),
                                    options=channel_options("storage", _MEMBER_CHANNEL_OPTIONS))
 
-# Errors that say "this member could not answer" rather than anything about the data.
-_AVAILABILITY_ERRORS = (errors.ServiceUnavailable, errors.SlowDown)
-
-
 @dataclass(frozen=True)
 class Member:
     """One drive of the erasure set; member i always stores shard i."""
@@ -63,91 +57,39 @@ class Member:
     stub: storage_pb2_grpc.StorageServiceStub
 
 
-def _failed(outcome) -> bool:
-    return isinstance(outcome, BaseException)
+@dataclass(frozen=True)
+class StoredVersion:
+    """One stored version of an object: where its shards are (the request's names, never the
+    names its metadata holds) and which version (data_id)."""
+
+    bucket: str
+    key: str
+    data_id: str
 
 
-def _count(outcomes: Iterable, cls: type) -> int:
-    return sum(1 for o in outcomes if isinstance(o, cls))
+@dataclass(frozen=True)
+class EncryptionUpdate:
+    """A key rewrap of one version: its new DEK ciphertext and kms key version, written on the
+    members holding it (each only if the version is still current there)."""
+
+    bucket: str
+    key: str
+    data_id: str
+    encrypted_dek: bytes
+    kms_key_version: int
+    members: tuple[int, ...]
 
 
-def _verdict(outcomes: list, quorum: int, what: str) -> errors.SealstoreError:
-    """The error to raise when fewer than `quorum` members succeeded.
+@dataclass(frozen=True)
+class HealCommit:
+    """Commits a healed shard (upload `upload_id`) on one member, only if the member's current
+    version is still `expect_data_id` ("" = none, quorum.CORRUPT_COPY = an unreadable copy)."""
 
-    A definite error (e.g. NoSuchBucket) wins if `quorum` members gave it; a rejected argument
-    (InvalidBucketName, ...) wins when no member succeeded, since every member would reject it;
-    else SlowDown.
-    """
-    if not any(not _failed(o) for o in outcomes):
-        invalid = [o for o in outcomes if _failed(o) and o.grpc_status == grpc.StatusCode.INVALID_ARGUMENT]
-        if invalid:
-            return invalid[0]
-    by_type: collections.Counter = collections.Counter(
-        type(o) for o in outcomes if _failed(o) and not isinstance(o, _AVAILABILITY_ERRORS))
-    for cls, n in by_type.most_common():
-        if n >= quorum and cls is not errors.SealstoreError:
-            return next(o for o in outcomes if type(o) is cls)
-    ok = sum(1 for o in outcomes if not _failed(o))
-    reasons = "; ".join(sorted({f"{type(o).__name__}: {o.message}" for o in outcomes if _failed(o)}))
-    return errors.SlowDown(f"{what}: {ok} of {len(outcomes)} drives succeeded, {quorum} needed ({reasons})")
-
-
-def _majority(messages: list) -> object:
-    """The most common of equal-typed protobuf messages (ties: the first seen)."""
-    counts = collections.Counter(m.SerializeToString(deterministic=True) for m in messages)
-    best = counts.most_common(1)[0][0]
-    return next(m for m in messages if m.SerializeToString(deterministic=True) == best)
-
-
-CORRUPT_COPY = ":corrupt"
-"""CommitObject expect_data_id of a heal replacing an unreadable metadata copy (CheckShard
-META_CORRUPT). Outside the data id alphabet, so it never matches a readable copy: a PUT that
-replaced the copy after the heal checked it still wins."""
-
-
-class ForeignCopy(errors.ObjectTampered):
-    """A member's copy names another object (metadata moved or copied on a drive). Carries the
-    data id it names, so healing can replace exactly that copy (and nothing a PUT wrote since)."""
-
-    def __init__(self, message: str, *, resource: str = "", held_data_id: str = ""):
-        super().__init__(message, resource=resource)
-        self.held_data_id = held_data_id
-
-
-def _names_other_object(meta: types_pb2.ObjectMeta, bucket: str, key: str) -> bool:
-    return meta.bucket != bucket or meta.key != key
-
-
-def _without_foreign_copies(outcomes: list, metas: list, bucket: str, key: str) -> list:
-    """`outcomes` with ForeignCopy (an ObjectTampered) in place of each copy whose metadata
-    (`metas[i]`) names another object than the one requested: metadata moved or copied on a
-    drive. Such a copy is a bad copy for the quorum: read around while enough good copies
-    remain, never chosen; healing replaces it."""
-    foreign = [i for i, meta in enumerate(metas) if meta is not None and _names_other_object(meta, bucket, key)]
-    if not foreign:
-        return outcomes
-    # The stored names only through repr: they are attacker-controlled bytes.
-    log.warning("%s/%s: members %s hold metadata naming another object (%r/%r); not used", bucket, key,
-                foreign, metas[foreign[0]].bucket, metas[foreign[0]].key)
-    return [ForeignCopy(f"{bucket}/{key}: a drive's metadata names another object", resource=key,
-                        held_data_id=metas[i].data_id) if i in foreign else o
-            for i, o in enumerate(outcomes)]
-
-
-def comparable_meta(meta: types_pb2.ObjectMeta) -> bytes:
-    """A version's metadata as every member should hold it (shard_index differs by member)."""
-    copy = types_pb2.ObjectMeta()
-    copy.CopyFrom(meta)
-    copy.shard_index = 0
-    copy.ClearField("inline_shard")
-    return copy.SerializeToString(deterministic=True)
-
-
-def majority_meta(copies: list[types_pb2.ObjectMeta]) -> types_pb2.ObjectMeta:
-    """The content most copies of one version share (ties: the first seen)."""
-    counts = collections.Counter(comparable_meta(m) for m in copies)
-    best = counts.most_common(1)[0][0]
-    return next(m for m in copies if comparable_meta(m) == best)
+    member: int
+    upload_id: str
+    meta: types_pb2.ObjectMeta
+    expect_data_id: str
+    inline_block: bytes = b""
 
 
 class ErasureSetClient:
@@ -218,17 +160,16 @@ class ErasureSetClient:
     async def make_bucket(self, bucket: str) -> types_pb2.BucketInfo:
         request = storage_pb2.MakeBucketRequest(bucket=bucket, created_ns=time.time_ns())
         outcomes = await self._each_node(lambda s: s.MakeBucket(request, timeout=self.timeout))
-        made = [o for o in outcomes if not _failed(o)]
-        existing = _count(outcomes, errors.BucketAlreadyOwnedByYou)
-        if existing >= self.write_quorum:
-            raise next(o for o in outcomes if isinstance(o, errors.BucketAlreadyOwnedByYou))
-        if made and len(made) + existing >= self.write_quorum:
-            return made[0]
-        if made:  # undo where we created it, so a failed create leaves no bucket on a minority
+        decided = quorum.make_bucket_verdict(outcomes, self.write_quorum)
+        if isinstance(decided, errors.SealstoreError):
+            raise decided
+        if decided is not None:
+            return decided
+        if quorum.succeeded(outcomes):  # undo where we created it, so a failed create leaves no bucket on a minority
             undo = storage_pb2.BucketRequest(bucket=bucket)
             await asyncio.gather(*(self._guard(self._stubs[a].DeleteBucket(undo, timeout=self.timeout), a)
                                    for a in self._addresses_where_ok(outcomes)))
-        raise _verdict(outcomes, self.write_quorum, f"make bucket {bucket}")
+        raise quorum.verdict(outcomes, self.write_quorum, f"make bucket {bucket}")
 
     async def get_bucket(self, bucket: str, *, for_write: bool = False) -> types_pb2.BucketInfo:
         """The bucket's info (read quorum). `for_write`: also SlowDown unless write_quorum
@@ -240,21 +181,17 @@ class ErasureSetClient:
         found = [o for o in outcomes if not _failed(o)]
         if len(found) >= self.read_quorum:
             if for_write and len(found) < self.write_quorum:
-                raise _verdict(outcomes, self.write_quorum, f"write to bucket {bucket}")
-            return _majority(found)
-        raise _verdict(outcomes, self.read_quorum, f"get bucket {bucket}")
+                raise quorum.verdict(outcomes, self.write_quorum, f"write to bucket {bucket}")
+            return quorum.majority(found)
+        raise quorum.verdict(outcomes, self.read_quorum, f"get bucket {bucket}")
 
     async def list_buckets(self) -> list[types_pb2.BucketInfo]:
         request = storage_pb2.ListBucketsRequest()
         outcomes = await self._each_node(lambda s: s.ListBuckets(request, timeout=self.timeout))
         answers = [o for o in outcomes if not _failed(o)]
         if len(answers) < self.read_quorum:
-            raise _verdict(outcomes, self.read_quorum, "list buckets")
-        copies: dict[str, list] = collections.defaultdict(list)
-        for answer in answers:
-            for info in answer.buckets:
-                copies[info.name].append(info)
-        return [_majority(copies[name]) for name in sorted(copies) if len(copies[name]) >= self.read_quorum]
+            raise quorum.verdict(outcomes, self.read_quorum, "list buckets")
+        return quorum.merged_buckets(answers, self.read_quorum)
 
     async def delete_bucket(self, bucket: str) -> None:
         # Read the bucket first: if some node refuses (not empty) or the delete misses quorum,
@@ -262,15 +199,13 @@ class ErasureSetClient:
         info = await self.get_bucket(bucket)
         request = storage_pb2.BucketRequest(bucket=bucket)
         outcomes = await self._each_node(lambda s: s.DeleteBucket(request, timeout=self.timeout))
-        deleted = sum(1 for o in outcomes if not _failed(o))
-        not_empty = _count(outcomes, errors.BucketNotEmpty)
-        if not not_empty and deleted and deleted + _count(outcomes, errors.NoSuchBucket) >= self.write_quorum:
+        if quorum.bucket_deleted(outcomes, self.write_quorum):
             return
-        if deleted:
+        if quorum.succeeded(outcomes):
             await self._restore_bucket(info, self._addresses_where_ok(outcomes))
-        if not_empty:
-            raise next(o for o in outcomes if isinstance(o, errors.BucketNotEmpty))
-        raise _verdict(outcomes, self.write_quorum, f"delete bucket {bucket}")
+        if quorum.count(outcomes, errors.BucketNotEmpty):
+            raise quorum.first_of(outcomes, errors.BucketNotEmpty)
+        raise quorum.verdict(outcomes, self.write_quorum, f"delete bucket {bucket}")
 
     def _addresses_where_ok(self, outcomes: list) -> list[str]:
         return list(dict.fromkeys(m.address for m, o in zip(self.members, outcomes) if not _failed(o)))
@@ -292,7 +227,7 @@ class ErasureSetClient:
         done = [o for o in outcomes if not _failed(o)]
         if len(done) >= self.write_quorum:
             return done[0]
-        raise _verdict(outcomes, self.write_quorum, f"set encryption of bucket {bucket}")
+        raise quorum.verdict(outcomes, self.write_quorum, f"set encryption of bucket {bucket}")
 
     # ---- object metadata -----------------------------------------------------------------
 
@@ -302,11 +237,10 @@ class ErasureSetClient:
                                         timeout=self.timeout)
         outcomes = await self._each_member(call)
         metas = [o if isinstance(o, types_pb2.ObjectMeta) else None for o in outcomes]
-        outcomes = _without_foreign_copies(outcomes, metas, bucket, key)
-        # NoSuchBucket only when too few members could have the bucket for any read to succeed:
-        # members that lost it with their drive (wiped, replaced) must not hide it from the others.
-        if _count(outcomes, errors.NoSuchBucket) > len(self.members) - self.read_quorum:
-            raise next(o for o in outcomes if isinstance(o, errors.NoSuchBucket))
+        outcomes = quorum.without_foreign_copies(outcomes, metas, bucket, key)
+        missing = quorum.bucket_missing(outcomes, self.read_quorum)
+        if missing is not None:
+            raise missing
         return outcomes
 
     async def meta_outcomes(self, bucket: str, key: str) -> list:
@@ -323,38 +257,20 @@ class ErasureSetClient:
         chosen = self.quorum_version([None if _failed(o) else o for o in outcomes])
         if chosen is not None:
             return chosen
-        # "No such key" only when the members without a copy are so many that the object could
-        # not be read even if every other member had it; else the silent members might: 503.
-        absent = _count(outcomes, errors.NoSuchKey)
-        if absent > len(self.members) - self.read_quorum:
-            raise next(o for o in outcomes if isinstance(o, errors.NoSuchKey))
-        raise _verdict([o for o in outcomes if not isinstance(o, errors.NoSuchKey)] +
-                       [errors.ServiceUnavailable("no copy here")] * absent,
-                       self.read_quorum, f"read metadata of {bucket}/{key}")
+        raise quorum.no_version_verdict(outcomes, self.read_quorum, f"read metadata of {bucket}/{key}")
 
     def quorum_version(self, metas: list[types_pb2.ObjectMeta | None]) -> types_pb2.ObjectMeta | None:
         """Of per-member copies, the version (data_id) at least read_quorum agree on; newest mtime wins."""
-        by_version: dict[str, list[types_pb2.ObjectMeta]] = collections.defaultdict(list)
-        for meta in metas:
-            if meta is not None:
-                by_version[meta.data_id].append(meta)
-        agreed = [copies for copies in by_version.values() if len(copies) >= self.read_quorum]
-        if not agreed:
-            return None
-        copies = max(agreed, key=lambda copies: copies[0].mtime_ns)
-        # Copies of one version normally agree byte for byte (but for shard_index); if one drive's
-        # copy differs (damaged, or hand-edited), the majority's content wins and healing
-        # rewrites the minority (sealstore/erasure_heal.py).
-        return majority_meta(copies)
+        return quorum.quorum_version(metas, self.read_quorum)
 
     async def delete_object(self, bucket: str, key: str) -> None:
         def call(m: Member):
             return m.stub.DeleteObject(storage_pb2.ObjectRequest(bucket=bucket, key=key, drive=m.drive),
                                        timeout=self.timeout)
         outcomes = await self._each_member(call)
-        if sum(1 for o in outcomes if not _failed(o)) >= self.write_quorum:
+        if quorum.reached(outcomes, self.write_quorum):
             return
-        raise _verdict(outcomes, self.write_quorum, f"delete {bucket}/{key}")
+        raise quorum.verdict(outcomes, self.write_quorum, f"delete {bucket}/{key}")
 
     async def list_objects(self, bucket: str, prefix: str, start_after: str,
                            max_keys: int) -> tuple[list[storage_pb2.ObjectEntry], bool]:
@@ -376,18 +292,9 @@ class ErasureSetClient:
             outcomes = await self._each_member(call)
             pages = [o for o in outcomes if not _failed(o)]
             if len(pages) < self.read_quorum:
-                raise _verdict(outcomes, self.read_quorum, f"list {bucket}")
-            truncated_ends = [p.entries[-1].key for p in pages if p.truncated and p.entries]
-            horizon = min(truncated_ends) if truncated_ends else None
-            copies: dict[str, dict[str, list]] = collections.defaultdict(lambda: collections.defaultdict(list))
-            for page in pages:
-                for entry in page.entries:
-                    if horizon is None or entry.key <= horizon:
-                        copies[entry.key][entry.data_id].append(entry)
-            for key in sorted(copies):
-                agreed = [v for v in copies[key].values() if len(v) >= self.read_quorum]
-                if agreed:
-                    result.append(max(agreed, key=lambda v: v[0].mtime_ns)[0])
+                raise quorum.verdict(outcomes, self.read_quorum, f"list {bucket}")
+            entries, horizon = quorum.agreed_entries(pages, self.read_quorum)
+            result.extend(entries)
             if len(result) > max_keys:
                 return result[:max_keys], True
             if horizon is None:
@@ -432,14 +339,14 @@ class ErasureSetClient:
                 raise source_error[0]
             raise
 
-    async def read_shard(self, member: int, bucket: str, key: str, data_id: str,
-                         first_block: int, block_count: int,
+    async def read_shard(self, member: int, version: StoredVersion, first_block: int, block_count: int,
                          timeout: float | None = None) -> AsyncIterator[bytes]:
-        """Yields the verified blocks of shard `member`; raises the member's typed error
-        (ObjectTampered when a block fails its checksum)."""
+        """Yields the verified blocks [first_block, first_block + block_count) of shard `member`
+        of `version`; raises the member's typed error (ObjectTampered when a block fails its
+        checksum)."""
         m = self.members[member]
         call = m.stub.ReadShard(storage_pb2.ReadShardRequest(
-            bucket=bucket, key=key, data_id=data_id, first_block=first_block,
+            bucket=version.bucket, key=version.key, data_id=version.data_id, first_block=first_block,
             block_count=block_count, drive=m.drive), timeout=timeout)
         try:
             async for block in call:
@@ -484,46 +391,37 @@ class ErasureSetClient:
                                                                 data_id=upload_id), timeout=self.timeout)
         await self._each_member(undo, committed)
         await self.abort_upload(upload_id)
-        if _count(outcomes, errors.NoSuchBucket) >= self.write_quorum:  # deleted meanwhile
-            raise next(o for o in outcomes if isinstance(o, errors.NoSuchBucket))
-        full = [o for o in outcomes if isinstance(o, errors.StorageFull)]
-        if len(full) >= self.write_quorum:  # the client learns why, as MinIO's XMinioStorageFull
-            raise full[0]
-        reasons = "; ".join(sorted({f"{type(o).__name__}: {o.message}" for o in outcomes if _failed(o)}))
-        raise errors.SlowDown(f"commit {meta.bucket}/{meta.key}: {len(committed)} of {len(self.members)} "
-                              f"drives committed, {self.write_quorum} needed ({reasons})")
+        raise quorum.commit_failure(outcomes, len(committed), len(self.members), self.write_quorum,
+                                    f"commit {meta.bucket}/{meta.key}")
 
-    async def heal_commit(self, member: int, upload_id: str, meta: types_pb2.ObjectMeta,
-                          expect_data_id: str, inline_block: bytes = b"") -> None:
-        """Commits a healed shard on one member, only if its current version is `expect_data_id`
-        ("" = none, CORRUPT_COPY = an unreadable copy): a concurrent PUT or DELETE wins over the
-        heal (PreconditionFailed)."""
-        m = self.members[member]
+    async def heal_commit(self, commit: HealCommit) -> None:
+        """Commits a healed shard on one member, only if its current version is still the one the
+        heal saw: a concurrent PUT or DELETE wins over the heal (PreconditionFailed)."""
+        m = self.members[commit.member]
         copy = types_pb2.ObjectMeta()
-        copy.CopyFrom(meta)
+        copy.CopyFrom(commit.meta)
         copy.shard_index = m.index
         try:
             await m.stub.CommitObject(storage_pb2.CommitObjectRequest(
-                upload_id=upload_id, meta=copy, drive=m.drive, conditional=True, expect_data_id=expect_data_id,
-                inline_block=inline_block),
+                upload_id=commit.upload_id, meta=copy, drive=m.drive, conditional=True,
+                expect_data_id=commit.expect_data_id, inline_block=commit.inline_block),
                 timeout=self.timeout)
         except grpc.RpcError as exc:
             raise errors.from_rpc_error(exc) from None
 
-    async def update_object_encryption(self, bucket: str, key: str, data_id: str, encrypted_dek: bytes,
-                                       kms_key_version: int, members: list[int]) -> None:
-        """Key rewrap: replaces the encrypted DEK of version `data_id` on `members` (those holding
-        it), each only if still current there. Below write_quorum: PreconditionFailed when the
-        object changed meanwhile on enough members, else SlowDown. No undo is needed: old and new
+    async def update_object_encryption(self, update: EncryptionUpdate) -> None:
+        """Key rewrap: replaces the encrypted DEK of the version on the members holding it, each
+        only if still current there. Below write_quorum: PreconditionFailed when the object
+        changed meanwhile on enough members, else SlowDown. No undo is needed: old and new
         ciphertexts wrap the same DEK, so every copy stays readable either way."""
         def call(m: Member):
             return m.stub.UpdateObjectEncryption(storage_pb2.UpdateObjectEncryptionRequest(
-                bucket=bucket, key=key, drive=m.drive, expect_data_id=data_id, encrypted_dek=encrypted_dek,
-                kms_key_version=kms_key_version), timeout=self.timeout)
-        outcomes = await self._each_member(call, [self.members[i] for i in members])
-        if sum(1 for o in outcomes if not _failed(o)) >= self.write_quorum:
+                bucket=update.bucket, key=update.key, drive=m.drive, expect_data_id=update.data_id,
+                encrypted_dek=update.encrypted_dek, kms_key_version=update.kms_key_version), timeout=self.timeout)
+        outcomes = await self._each_member(call, [self.members[i] for i in update.members])
+        if quorum.reached(outcomes, self.write_quorum):
             return
-        raise _verdict(outcomes, self.write_quorum, f"rewrap {bucket}/{key}")
+        raise quorum.verdict(outcomes, self.write_quorum, f"rewrap {update.bucket}/{update.key}")
 
     async def check_shards(self, bucket: str, key: str, deep: bool) -> list:
         """Each member's CheckShardResponse for the object, or its error (unreachable, refused,
@@ -535,7 +433,7 @@ class ErasureSetClient:
         outcomes = await self._each_member(call)
         # NO_META and META_CORRUPT answers carry no meta (an empty one would look foreign).
         metas = [o.meta if not _failed(o) and o.HasField("meta") else None for o in outcomes]
-        return _without_foreign_copies(outcomes, metas, bucket, key)
+        return quorum.without_foreign_copies(outcomes, metas, bucket, key)
 
     async def member_keys(self, member: int, bucket: str) -> list[storage_pb2.ObjectEntry]:
         """Every object one member lists in the bucket (all pages); raises the member's error."""
@@ -565,12 +463,12 @@ class ErasureSetClient:
                 bucket=info.name, encryption=info.encryption), timeout=self.timeout), address)
         return True
 
-    async def delete_version(self, member: int, bucket: str, key: str, data_id: str) -> None:
-        """Removes one member's copy of version `data_id` (a dangling leftover), if still current."""
+    async def delete_version(self, member: int, version: StoredVersion) -> None:
+        """Removes one member's copy of `version` (a dangling leftover), if still current there."""
         m = self.members[member]
         try:
-            await m.stub.DeleteObject(storage_pb2.ObjectRequest(bucket=bucket, key=key, drive=m.drive,
-                                                                data_id=data_id), timeout=self.timeout)
+            await m.stub.DeleteObject(storage_pb2.ObjectRequest(bucket=version.bucket, key=version.key, drive=m.drive,
+                                                                data_id=version.data_id), timeout=self.timeout)
         except grpc.RpcError as exc:
             raise errors.from_rpc_error(exc) from None
 
@@ -596,8 +494,10 @@ class ErasureSets:
     one set is served by a plain ErasureSetClient (`connect` picks).
     """
 
-    def __init__(self, topology: Topology, certs: Path, role: str, *, timeout: float = DEFAULT_TIMEOUT):
-        self._channels: dict[str, grpc.aio.Channel] = {}
+    def __init__(self, topology: Topology, certs: Path, role: str, *, timeout: float = DEFAULT_TIMEOUT,
+                 channels: dict[str, grpc.aio.Channel] | None = None):
+        """`channels`: address -> channel to use instead of dialling (in-process tests give theirs)."""
+        self._channels: dict[str, grpc.aio.Channel] = {} if channels is None else channels
         self.sets = [ErasureSetClient(topology, certs, role, timeout=timeout, set_index=i, channels=self._channels)
                      for i in range(len(topology.storage_sets))]
         self.deployment_id = topology.deployment_id
@@ -624,7 +524,7 @@ class ErasureSets:
     async def make_bucket(self, bucket: str) -> types_pb2.BucketInfo:
         outcomes = await self._each_set(lambda s: s.make_bucket(bucket))
         made = [o for o in outcomes if not _failed(o)]
-        existing = _count(outcomes, errors.BucketAlreadyOwnedByYou)
+        existing = quorum.count(outcomes, errors.BucketAlreadyOwnedByYou)
         if not made and existing == len(outcomes):
             raise outcomes[0]
         # A set that already had it (an earlier create that failed half way, or a node holding
@@ -651,7 +551,7 @@ class ErasureSets:
         found = [o for o in outcomes if not _failed(o)]
         if missing or not found:
             raise (missing or outcomes)[0]
-        return _majority(found)
+        return quorum.majority(found)
 
     async def list_buckets(self) -> list[types_pb2.BucketInfo]:
         """The buckets every set that answered has (as get_bucket, a set below quorum is skipped)."""
@@ -674,7 +574,7 @@ class ErasureSets:
                 raise errors.BucketNotEmpty(f"bucket {bucket} is not empty")
         outcomes = await self._each_set(lambda s: s.delete_bucket(bucket))
         deleted = [s for s, o in zip(self.sets, outcomes) if not _failed(o)]
-        gone = _count(outcomes, errors.NoSuchBucket)  # a node of two sets removed it for both
+        gone = quorum.count(outcomes, errors.NoSuchBucket)  # a node of two sets removed it for both
         if deleted and len(deleted) + gone == len(outcomes):
             return
         for s in deleted:  # put it back where it was removed
@@ -718,12 +618,10 @@ class ErasureSets:
         for page in pages:
             if _failed(page):
                 raise page
-        merged = sorted((e for entries, _ in pages for e in entries), key=lambda e: e.key)
-        truncated = len(merged) > max_keys or any(more for _, more in pages)
-        return merged[:max_keys], truncated
+        return quorum.merged_set_pages(pages, max_keys)
 
-    async def update_object_encryption(self, bucket: str, key: str, *args, **kwargs) -> None:
-        await self.set_for(bucket, key).update_object_encryption(bucket, key, *args, **kwargs)
+    async def update_object_encryption(self, update: EncryptionUpdate) -> None:
+        await self.set_for(update.bucket, update.key).update_object_encryption(update)
 
     async def node_status(self) -> list[storage_pb2.NodeStatusResponse | errors.SealstoreError]:
         """Each storage node's status (or its error), in address order over all sets."""

@@ -1,4 +1,5 @@
-"""Moving shard blocks between the worker and the storage members of the erasure set.
+"""Moving shard blocks between a process (the crypto worker, heal) and the storage members of
+an erasure set.
 
 `ShardFanout` streams fragment i of every stripe to member i, all members concurrently,
 with a small bounded queue per member: a slow member slows the PUT down instead of
@@ -15,9 +16,10 @@ from typing import AsyncIterator
 import grpc
 
 from sealstore import errors
-from sealstore.erasure_set import ErasureSetClient, Member, _verdict
+from sealstore.erasure import quorum
+from sealstore.erasure.client import ErasureSetClient, Member, StoredVersion
+from sealstore.erasure.coder import StripeCoder
 from sealstore.v1 import storage_pb2
-from services.crypto.erasure import StripeCoder
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +85,7 @@ class ShardFanout:
             # SlowDown, or the error write_quorum drives agree on (StorageFull when they are full).
             outcomes = [(w.error or errors.ServiceUnavailable("shard stream ended early")) if not w.alive else w
                         for w in self._writers]
-            raise _verdict(outcomes, self.store.write_quorum, "upload")
+            raise quorum.verdict(outcomes, self.store.write_quorum, "upload")
         return alive
 
     async def send(self, fragments: list[bytes]) -> None:
@@ -138,11 +140,11 @@ class InlineFragments:
 class StripeReader:
     """Stripes [first, first+count) of one stored object, decoded from k members' blocks."""
 
-    def __init__(self, store: ErasureSetClient, coder: StripeCoder, bucket: str, key: str, data_id: str,
-                 holders: list[int]):
+    def __init__(self, store: ErasureSetClient, coder: StripeCoder, version: StoredVersion, holders: list[int]):
         self.store = store
         self.coder = coder
-        self.bucket, self.key, self.data_id = bucket, key, data_id
+        self.version = version
+        self.bucket, self.key = version.bucket, version.key
         # Lower indexes are data shards: decoding from them needs no arithmetic.
         self._candidates = sorted(holders)
         self.errors: list[errors.SealstoreError] = []
@@ -151,7 +153,7 @@ class StripeReader:
         self.bad_members: set[int] = set()
 
     def _open(self, member: int, first: int, end: int) -> AsyncIterator[bytes]:
-        return self.store.read_shard(member, self.bucket, self.key, self.data_id, first, end - first)
+        return self.store.read_shard(member, self.version, first, end - first)
 
     def _give_up(self, stripe: int) -> errors.SealstoreError:
         tampered = [e for e in self.errors if isinstance(e, errors.ObjectTampered)]

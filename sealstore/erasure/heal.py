@@ -1,6 +1,8 @@
 """Healing one erasure set: finds members whose copy of an object is missing, stale or corrupt
 and rebuilds it from the others. Works on stored (ciphertext) shards only: no kms, no keys,
-so the `sealstore admin heal` command and the crypto worker (heal on read) share it.
+so the heal scanner, the `sealstore admin heal` command and the crypto worker (heal on read)
+share it. The decisions (`plan_heal`, `no_quorum_decision`) are pure functions of what the
+members reported.
 
 For one object (`heal_object`):
 1. every member reports its copy (CheckShard: metadata, shard present, and with `deep` every
@@ -31,7 +33,10 @@ from dataclasses import dataclass, field
 from prometheus_client import Counter
 
 from sealstore import errors
-from sealstore.erasure_set import CORRUPT_COPY, ErasureSetClient, ErasureSets, ForeignCopy, comparable_meta
+from sealstore.erasure.client import ErasureSetClient, ErasureSets, HealCommit, StoredVersion
+from sealstore.erasure.coder import EC_TYPE, StripeCoder
+from sealstore.erasure.quorum import CORRUPT_COPY, ForeignCopy, comparable_meta
+from sealstore.erasure.streams import StripeReader
 from sealstore.v1 import storage_pb2, types_pb2
 
 log = logging.getLogger(__name__)
@@ -78,23 +83,25 @@ def _now_ns() -> int:
     return time.time_ns()
 
 
-async def heal_object(store: ErasureSetClient, bucket: str, key: str, *, deep: bool = True,
-                      suspects: frozenset[int] = frozenset(), dry_run: bool = False,
-                      grace_s: float = DANGLING_GRACE_S) -> HealReport:
-    """Heals one object (see the module doc); `suspects` are members a read found bad."""
-    from services.crypto.erasure import StripeCoder  # pure coding module; imported late for the CLI's start-up
+@dataclass(frozen=True)
+class HealPlan:
+    """Which members to rebuild. `targets`: member -> the data id it holds now ("" = none,
+    CORRUPT_COPY = unreadable), the precondition of its conditional commit; `why`: the reason
+    when the check alone does not say it; `skipped`: newer copies left alone (a PUT in flight)."""
 
-    report = HealReport(objects_scanned=1)
-    checks = await store.check_shards(bucket, key, deep)
-    answered = {i: c for i, c in enumerate(checks) if not isinstance(c, BaseException)}
-    report.orphans_removed = sum(c.orphans_removed for c in answered.values())
-    metas = [c.meta if i in answered and answered[i].HasField("meta") else None for i, c in enumerate(checks)]
-    version = store.quorum_version(metas)
-    if version is None:
-        return await _no_quorum(store, bucket, key, answered, metas, report, dry_run, grace_s)
+    targets: dict[int, str]
+    why: dict[int, str]
+    skipped: int
 
-    targets: dict[int, str] = {}  # member -> data_id it holds now ("" = none), the heal's precondition
+
+def plan_heal(checks: list, version: types_pb2.ObjectMeta, suspects: frozenset[int], now_ns: int,
+              grace_s: float) -> HealPlan:
+    """The members whose copy of `version` (the quorum version) must be rebuilt, from each
+    member's CheckShardResponse or error (`checks`)."""
+    targets: dict[int, str] = {}
     why: dict[int, str] = {}
+    skipped = 0
+    answered = {i: c for i, c in enumerate(checks) if not isinstance(c, BaseException)}
     for i, check in enumerate(checks):
         # A bad copy is never a version of this object, whatever its age: replaced, and only if
         # it is still the copy seen here (a PUT since then wins).
@@ -112,21 +119,41 @@ async def heal_object(store: ErasureSetClient, bucket: str, key: str, *, deep: b
                 targets[i] = held
         elif not held or check.meta.mtime_ns < version.mtime_ns:
             targets[i] = held
-        elif _now_ns() - check.meta.mtime_ns > grace_s * 1e9:
+        elif now_ns - check.meta.mtime_ns > grace_s * 1e9:
             targets[i] = held  # a newer copy that never reached quorum, long ago: a leftover
         else:
-            report.skipped += 1
+            skipped += 1
+    return HealPlan(targets, why, skipped)
+
+
+async def heal_object(store: ErasureSetClient, bucket: str, key: str, *, deep: bool = True,
+                      suspects: frozenset[int] = frozenset(), dry_run: bool = False,
+                      grace_s: float = DANGLING_GRACE_S) -> HealReport:
+    """Heals one object (see the module doc); `suspects` are members a read found bad."""
+    report = HealReport(objects_scanned=1)
+    checks = await store.check_shards(bucket, key, deep)
+    answered = {i: c for i, c in enumerate(checks) if not isinstance(c, BaseException)}
+    report.orphans_removed = sum(c.orphans_removed for c in answered.values())
+    metas = [c.meta if i in answered and answered[i].HasField("meta") else None for i, c in enumerate(checks)]
+    version = store.quorum_version(metas)
+    if version is None:
+        return await _no_quorum(store, StoredVersion(bucket, key, ""), metas, len(answered), report,
+                                dry_run=dry_run, grace_s=grace_s)
+
+    plan = plan_heal(checks, version, suspects, _now_ns(), grace_s)
+    targets = plan.targets
+    report.skipped += plan.skipped
     if not targets:
         HEAL_OBJECTS.labels("healthy").inc()
         return report
-    what = ", ".join(f"member {i} ({why.get(i) or _why(answered[i], version, i in suspects)})"
+    what = ", ".join(f"member {i} ({plan.why.get(i) or _why(answered[i], version, i in suspects)})"
                      for i in sorted(targets))
     report.details.append(f"{bucket}/{key}: {'would rebuild' if dry_run else 'rebuilding'} {what}")
     if dry_run:
         report.shards_rebuilt = len(targets)
         return report
     layout = version.erasure
-    coder = StripeCoder(layout.data_shards, layout.parity_shards, layout.ec_type or "isa_l_rs_cauchy")
+    coder = StripeCoder(layout.data_shards, layout.parity_shards, layout.ec_type or EC_TYPE)
     sources = [i for i, c in answered.items()
                if i not in targets and c.state == State.OK and c.meta.data_id == version.data_id]
     if len(sources) < coder.data_shards:
@@ -160,19 +187,32 @@ def _why(check, version, suspect: bool) -> str:
     return "failed a read" if suspect else "ok"
 
 
-async def _no_quorum(store, bucket, key, answered, metas, report, dry_run, grace_s) -> HealReport:
+def no_quorum_decision(metas: list[types_pb2.ObjectMeta | None], answered: int, read_quorum: int, now_ns: int,
+                       grace_s: float) -> str:
+    """What an object without a quorum version is: "gone" (no copy anywhere: deleted meanwhile),
+    "wait" (the members that did not answer might hold it, or a PUT is still committing:
+    nothing to decide yet) or "dangling" (the leftover of a PUT that never reached quorum)."""
     copies = [m for m in metas if m is not None]
     if not copies:
-        HEAL_OBJECTS.labels("healthy").inc()  # nothing anywhere: deleted meanwhile
-        return report
-    offline = len(store.members) - len(answered)
+        return "gone"
+    offline = len(metas) - answered
     best = max(sum(1 for m in copies if m.data_id == c.data_id) for c in copies)
-    young = any(_now_ns() - m.mtime_ns < grace_s * 1e9 for m in copies)
-    if best + offline >= store.read_quorum or young:
-        # The missing members might hold it, or a PUT is still committing: nothing to decide yet.
+    young = any(now_ns - m.mtime_ns < grace_s * 1e9 for m in copies)
+    return "wait" if best + offline >= read_quorum or young else "dangling"
+
+
+async def _no_quorum(store: ErasureSetClient, where: StoredVersion, metas: list, answered: int, report: HealReport,
+                     *, dry_run: bool, grace_s: float) -> HealReport:
+    bucket, key = where.bucket, where.key
+    decision = no_quorum_decision(metas, answered, store.read_quorum, _now_ns(), grace_s)
+    if decision == "gone":
+        HEAL_OBJECTS.labels("healthy").inc()
+        return report
+    copies = [m for m in metas if m is not None]
+    if decision == "wait":
         report.unrecoverable = 1
         report.details.append(f"{bucket}/{key}: no version on {store.read_quorum} drives "
-                              f"({len(copies)} copies, {offline} drives offline)")
+                              f"({len(copies)} copies, {len(metas) - answered} drives offline)")
         HEAL_OBJECTS.labels("unrecoverable").inc()
         return report
     report.details.append(f"{bucket}/{key}: dangling ({len(copies)} copies of a version that never reached "
@@ -181,7 +221,7 @@ async def _no_quorum(store, bucket, key, answered, metas, report, dry_run, grace
         for i, meta in enumerate(metas):
             if meta is not None:
                 try:
-                    await store.delete_version(i, bucket, key, meta.data_id)
+                    await store.delete_version(i, StoredVersion(bucket, key, meta.data_id))
                 except errors.SealstoreError as err:
                     report.details.append(f"{bucket}/{key}: member {i}: {err.message}")
     report.dangling_removed = 1
@@ -197,11 +237,9 @@ async def _ensure_buckets(store: ErasureSetClient, bucket: str, members: list[in
         await store.make_bucket_on(address, info)
 
 
-async def _rebuild(store: ErasureSetClient, coder, version: types_pb2.ObjectMeta, sources: list[int],
+async def _rebuild(store: ErasureSetClient, coder: StripeCoder, version: types_pb2.ObjectMeta, sources: list[int],
                    targets: dict[int, str]) -> dict[int, bool]:
     """Streams re-encoded fragments to every target and commits each conditionally."""
-    from services.crypto.shard_io import StripeReader
-
     upload_id = f"heal-{uuid.uuid4().hex}"
     if version.inline:
         return await _rebuild_inline(store, coder, version, sources, targets, upload_id)
@@ -225,7 +263,7 @@ async def _rebuild(store: ErasureSetClient, coder, version: types_pb2.ObjectMeta
             raise
 
     writers = {i: asyncio.ensure_future(write(i)) for i in targets}
-    reader = StripeReader(store, coder, version.bucket, version.key, version.data_id, sources)
+    reader = StripeReader(store, coder, StoredVersion(version.bucket, version.key, version.data_id), sources)
     try:
         count = version.erasure.stripe_count
         if count:
@@ -251,7 +289,7 @@ async def _rebuild(store: ErasureSetClient, coder, version: types_pb2.ObjectMeta
             result[i] = False
             continue
         try:
-            await store.heal_commit(i, upload_id, version, held)
+            await store.heal_commit(HealCommit(i, upload_id, version, held))
             result[i] = True
         except errors.SealstoreError as err:
             log.warning("heal of %s/%s: commit on member %d refused: %s", version.bucket, version.key, i, err.message)
@@ -261,20 +299,19 @@ async def _rebuild(store: ErasureSetClient, coder, version: types_pb2.ObjectMeta
     return result
 
 
-async def _rebuild_inline(store: ErasureSetClient, coder, version: types_pb2.ObjectMeta, sources: list[int],
-                          targets: dict[int, str], upload_id: str) -> dict[int, bool]:
+async def _rebuild_inline(store: ErasureSetClient, coder: StripeCoder, version: types_pb2.ObjectMeta,
+                          sources: list[int], targets: dict[int, str], upload_id: str) -> dict[int, bool]:
     """A small object's copy is its metadata with the shard inside: one conditional commit each."""
-    from services.crypto.shard_io import StripeReader
-
     fragments: list[bytes] = []
     if version.erasure.stripe_count:
-        reader = StripeReader(store, coder, version.bucket, version.key, version.data_id, sources)
+        reader = StripeReader(store, coder, StoredVersion(version.bucket, version.key, version.data_id), sources)
         async for stripe in reader.stripes(0, 1):
             fragments = coder.encode(stripe)
     result: dict[int, bool] = {}
     for i, held in targets.items():
         try:
-            await store.heal_commit(i, upload_id, version, held, inline_block=fragments[i] if fragments else b"")
+            await store.heal_commit(HealCommit(i, upload_id, version, held,
+                                               inline_block=fragments[i] if fragments else b""))
             result[i] = True
         except errors.SealstoreError as err:
             log.warning("heal of %s/%s: commit on member %d refused: %s", version.bucket, version.key, i, err.message)

@@ -11,7 +11,7 @@ metadata: a copy naming another object is ObjectTampered and counts as failed). 
 each drive's meta.json; the shard files, the sealed OEK and the IV stay byte for byte.
 
 Per object: read every member's metadata, take the quorum version, skip it if it is not SSE-KMS,
-under another key than asked, or already on the newest version; else ReWrap and update the
+under another key than asked, or recorded as already on the newest version; else ReWrap and update the
 members holding that version with a conditional write (only if its data_id is still current: a
 concurrent PUT or DELETE always wins and the object counts as skipped) that must reach write
 quorum. A copy left on the old ciphertext (unreachable drive, failed quorum) stays readable: both
@@ -20,6 +20,15 @@ ciphertexts wrap the same DEK, and healing copies the majority's metadata.
 Resumable: keys are walked in order, in chunks; after each chunk the last key done goes to a
 checkpoint file `<data>/rewrap/<bucket>.json`. A run resumes after it; a run that reaches the
 end removes it (so the next run starts from the beginning). Nothing secret is in it.
+
+The key version of an object is the one its envelope records (`kms_key_version`, written at PUT
+and at rewrap). The DEK ciphertext's format belongs to the kms (services/kms/ciphertext.py and
+the OpenBao backend), so it is never parsed here: an object written before the envelope recorded
+a version (0) is of unknown version, rewrapped (the kms's ReWrap answers with the version, which
+is then recorded) and, for `key min-version`, counted as possibly below.
+
+Part of the command line (sealctl, the top layer): it runs in the admin's process and drives
+the erasure client (sealstore.erasure.client) and the kms's gRPC API; no service imports it.
 """
 from __future__ import annotations
 
@@ -32,6 +41,8 @@ from typing import Awaitable, Callable, Protocol
 
 from sealstore import errors
 from sealstore.config import write_file_atomic
+from sealstore.erasure.client import EncryptionUpdate
+from sealstore.erasure.quorum import version_holders
 from sealstore.sse_context import kms_context, parse_context_json
 from sealstore.v1 import types_pb2
 
@@ -41,35 +52,8 @@ LIST_PAGE = 5000
 """Keys per listing call: a drive reads every meta.json of the bucket for each page (keys are
 hashed on disk), so few big pages cost much less than many small ones."""
 
-# --- which version an object's DEK is under ------------------------------------------------
-
-_SSV_MAGIC = b"ssv1"
-_SSV_HEADER = len(_SSV_MAGIC) + 4
-_KES_OVERHEAD = 44
-"""Bytes a KES ciphertext adds to its plaintext (tag 16 + iv 16 + nonce 12)."""
-
-
-def ciphertext_key_version(ciphertext: bytes) -> int:
-    """The key version a kms DEK ciphertext is under, read from its own bytes, for objects
-    written before the envelope recorded it. The kms's formats (docs/kms.md, "Versions"):
-    OpenBao transit `vault:vN:...`; fs/kv `"ssv1" || uint32-BE n || KES ciphertext` for n >= 2,
-    and a bare KES ciphertext for version 1. A bare 32-byte DEK's KES ciphertext is 76 bytes,
-    a versioned one 84, so a version-1 DEK ciphertext can never be mistaken for a prefixed one."""
-    if ciphertext.startswith(b"vault:v"):
-        digits = ciphertext[len(b"vault:v"):].split(b":", 1)[0]
-        if digits.isdigit():
-            return int(digits)
-        raise errors.InvalidArgument("an OpenBao transit ciphertext without a valid version prefix")
-    if ciphertext.startswith(_SSV_MAGIC) and len(ciphertext) >= _SSV_HEADER + _KES_OVERHEAD + 32:
-        version = int.from_bytes(ciphertext[len(_SSV_MAGIC):_SSV_HEADER], "big")
-        if version > 1:
-            return version
-    return 1
-
-
-def envelope_key_version(envelope: types_pb2.EncryptionEnvelope) -> int:
-    """The version recorded at PUT/rewrap, else the one the ciphertext names."""
-    return envelope.kms_key_version or ciphertext_key_version(envelope.encrypted_dek)
+UNKNOWN_VERSION = 0
+"""EncryptionEnvelope.kms_key_version of objects written before the envelope recorded it."""
 
 
 # --- the two services the walker needs -----------------------------------------------------
@@ -82,7 +66,7 @@ class KeyVersions(Protocol):
 
 
 class ObjectMetadata(Protocol):
-    """What the walker uses of the quorum client (sealstore/erasure_set.py `connect`: one set or several)."""
+    """What the walker uses of the quorum client (sealstore.erasure.client `connect`: one set or several)."""
 
     async def list_buckets(self) -> list: ...
 
@@ -92,8 +76,7 @@ class ObjectMetadata(Protocol):
 
     def quorum_version(self, metas: list) -> types_pb2.ObjectMeta | None: ...
 
-    async def update_object_encryption(self, bucket: str, key: str, data_id: str, encrypted_dek: bytes,
-                                       kms_key_version: int, members: list[int]) -> None: ...
+    async def update_object_encryption(self, update: EncryptionUpdate) -> None: ...
 
 
 # --- progress and checkpoint ---------------------------------------------------------------
@@ -186,13 +169,15 @@ async def _rewrap_one(store: ObjectMetadata, kms: KeyVersions, newest: _NewestVe
         return "skipped"
     if key_filter and envelope.kms_key_name != key_filter:
         return "skipped"
-    if envelope_key_version(envelope) >= await newest.get(envelope.kms_key_name):
+    recorded = envelope.kms_key_version
+    if recorded != UNKNOWN_VERSION and recorded >= await newest.get(envelope.kms_key_name):
         return "skipped"
     aad = kms_context(bucket, key, parse_context_json(envelope.context_json))
     ciphertext, version = await kms.rewrap(envelope.kms_key_name, envelope.encrypted_dek, aad)
-    holders = [i for i, m in enumerate(metas) if m is not None and m.data_id == meta.data_id]
+    update = EncryptionUpdate(bucket, key, meta.data_id, ciphertext, version,
+                              tuple(version_holders(metas, meta.data_id)))
     try:
-        await store.update_object_encryption(bucket, key, meta.data_id, ciphertext, version, holders)
+        await store.update_object_encryption(update)
     except errors.PreconditionFailed:
         return "skipped"  # a new PUT or a DELETE won; a new PUT is on the newest version anyway
     return "rewrapped"
@@ -245,7 +230,9 @@ async def rewrap_bucket(store: ObjectMetadata, kms: KeyVersions, bucket: str, ch
 
 @dataclass
 class VersionCensus:
-    """Objects under one key whose DEK is below a version (for `key min-version`)."""
+    """Objects under one key whose DEK is below a version (for `key min-version`). `below`
+    includes the objects whose version was never recorded (they may be below; a rewrap records
+    it)."""
 
     objects_checked: int = 0
     below: int = 0
@@ -274,10 +261,12 @@ async def objects_below_version(store: ObjectMetadata, key_name: str, version: i
         census.objects_checked += 1
         envelope = meta.encryption
         if (meta.HasField("encryption") and envelope.kms_key_name == key_name
-                and envelope_key_version(envelope) < version):
+                and envelope.kms_key_version < version):
             census.below += 1
             if len(census.examples) < 5:
-                census.examples.append(f"{bucket}/{key} (v{envelope_key_version(envelope)})")
+                recorded = envelope.kms_key_version
+                census.examples.append(f"{bucket}/{key} (" + (f"v{recorded}" if recorded != UNKNOWN_VERSION
+                                                                else "version not recorded") + ")")
 
     for info in await store.list_buckets():
         cursor = ""

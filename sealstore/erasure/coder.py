@@ -1,8 +1,9 @@
-"""Erasure coding of the stored stream, one stripe at a time (pyeclib, ISA-L Cauchy RS).
+"""Erasure coding of a stored stream, one stripe at a time (pyeclib, ISA-L Cauchy RS).
 
-Pure: no I/O. A stripe is 16 DARE packages (1,049,088 bytes; the last stripe is shorter);
-it encodes to k+m fragments, fragment i goes to member i, and any k fragments decode it.
-Each fragment starts with pyeclib's own header (index, original size, checksum).
+Pure: no I/O. A stripe is a fixed number of stored bytes (the writer decides it and records it
+in the object's ErasureLayout; the last stripe is shorter); it encodes to k+m fragments,
+fragment i goes to member i, and any k fragments decode it. Each fragment starts with
+pyeclib's own header (index, original size, checksum).
 """
 from __future__ import annotations
 
@@ -12,19 +13,15 @@ from dataclasses import dataclass
 from pyeclib.ec_iface import ECDriver
 
 from sealstore import errors
-from services.crypto import dare
 
 EC_TYPE = "isa_l_rs_cauchy"
-PACKAGES_PER_STRIPE = 16
-STRIPE_SIZE = PACKAGES_PER_STRIPE * dare.MAX_PACKAGE  # 1,049,088
-BLOCK_CHECKSUM = "xxh3-128"
 
 
-def stripe_count(stored_size: int, stripe_size: int = STRIPE_SIZE) -> int:
+def stripe_count(stored_size: int, stripe_size: int) -> int:
     return -(-stored_size // stripe_size)
 
 
-def stripe_span(offset: int, length: int, stripe_size: int = STRIPE_SIZE) -> tuple[int, int]:
+def stripe_span(offset: int, length: int, stripe_size: int) -> tuple[int, int]:
     """(first stripe, number of stripes) covering stored bytes [offset, offset+length)."""
     if length <= 0:
         return offset // stripe_size, 0
