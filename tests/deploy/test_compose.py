@@ -99,10 +99,10 @@ def test_compose_up_serves_sse_kms(compose_cluster):
 
     ps = subprocess.run([*compose, "ps", "--format", "json"], cwd=REPO, env=env, capture_output=True, text=True)
     running = {json.loads(line)["Service"] for line in ps.stdout.splitlines() if line.strip()}
-    assert {"kms", "crypto", "gateway", "storage1", "storage2", "storage3", "storage4", "admin"} <= running
+    assert {"kms", "crypto", "gateway", "heal", "storage1", "storage2", "storage3", "storage4", "admin"} <= running
     # Each container holds the CA certificate and its own certificate and key, nothing else.
     for service, instance in (("kms", "kms"), ("gateway", "gateway-0"), ("crypto", "crypto-0"),
-                              ("storage3", "storage-2"), ("admin", "admin")):
+                              ("storage3", "storage-2"), ("admin", "admin"), ("heal", "heal-0")):
         files = set(in_container(service, "ls", "/secrets/certs").split())
         expected = {"ca.pem", f"{instance}.pem", f"{instance}-key.pem"} | ({"identities.json"} if service == "kms" else set())
         assert files == expected, (service, files)
@@ -125,3 +125,6 @@ def test_compose_up_serves_sse_kms(compose_cluster):
     assert exc.value.response["Error"]["Code"] == "KMS.DisabledException"
     in_container("admin", "sealstore", "key", "enable", "compose-key")
     assert s3.get_object(Bucket="compose", Key="o", Range="bytes=10-99")["Body"].read() == body[10:100]
+    # The admin container asks the heal service (it heals inside the cluster, on ciphertext).
+    report = json.loads(in_container("admin", "sealstore", "admin", "heal", "--json", wait=30))
+    assert report["objects_scanned"] == 1 and report["unrecoverable"] == 0

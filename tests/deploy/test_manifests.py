@@ -32,12 +32,12 @@ def test_k8s_topology_names_every_storage_pod():
 def test_compose_runs_every_service_with_one_topology():
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     services = compose["services"]
-    assert {"init", "kms", "crypto", "gateway", "storage1", "storage2", "storage3", "storage4"} <= set(services)
+    assert {"init", "kms", "crypto", "gateway", "heal", "storage1", "storage2", "storage3", "storage4"} <= set(services)
     members = compose["x-sealstore"]["environment"]["SEALSTORE_STORAGE_SET"].split(",")
     assert [m.split(":")[0] for m in members] == ["storage1", "storage2", "storage3", "storage4"]
     for name, service in services.items():
         command = service["command"]
-        if name.startswith("storage") or name in ("kms", "crypto", "gateway"):
+        if name.startswith("storage") or name in ("kms", "crypto", "gateway", "heal"):
             role = "storage" if name.startswith("storage") else name
             assert command[:3] == ["python", "-m", f"services.{role}"], name
     assert services["gateway"]["ports"] == ["${SEALSTORE_PORT:-9000}:9000"]
@@ -46,7 +46,7 @@ def test_compose_runs_every_service_with_one_topology():
 # Issue 7 finding 6: compose mounted every role's private key, the CA key and the root
 # credentials into every container.
 COMPOSE_INSTANCES = {"kms": "kms", "admin": "admin", "crypto": "crypto-0", "gateway": "gateway-0",
-                     "storage1": "storage-0", "storage2": "storage-1", "storage3": "storage-2", "storage4": "storage-3"}
+                     "heal": "heal-0", "storage1": "storage-0", "storage2": "storage-1", "storage3": "storage-2", "storage4": "storage-3"}
 
 
 def test_compose_gives_each_container_only_its_own_bundle():
@@ -84,5 +84,5 @@ def test_k8s_pods_mount_only_their_roles_secret():
             env = {e["name"]: e for e in spec["containers"][0].get("env", [])}
             assert "SEALSTORE_INSTANCE" in env, role
     assert seen == {"kms": (["sealstore-certs-kms"], set()), "storage": (["sealstore-certs-storage"], set()),
-                    "crypto": (["sealstore-certs-crypto"], set()),
+                    "crypto": (["sealstore-certs-crypto"], set()), "heal": (["sealstore-certs-heal"], set()),
                     "gateway": (["sealstore-certs-gateway"], {"sealstore-root"})}
