@@ -2,9 +2,14 @@
 
 Bucket metadata lives on every drive (each drive is a member of the erasure set and must be
 able to answer on its own); object operations address one drive by index.
+
+Methods run in the servicer's thread pool: bucket operations, which check every drive before
+changing any, hold one lock so that two of them never interleave.
 """
 from __future__ import annotations
 
+import functools
+import threading
 from pathlib import Path
 
 from sealstore import errors
@@ -13,19 +18,31 @@ from sealstore.v1 import types_pb2
 from services.storage.drive import Drive, DriveIdentity, validate_bucket_name
 
 
+def _one_at_a_time(method):
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._bucket_ops:
+            return method(self, *args, **kwargs)
+    return locked
+
+
 class Node:
     """`identities[i]` (optional) is where drive i belongs; see drive.py on format files.
 
     A refused drive (foreign, misplaced) stays in the list, so drive indexes keep their
     meaning, but every call on it fails and bucket operations skip it."""
 
-    def __init__(self, node_id: str, drive_paths: list[Path], identities: list[DriveIdentity] | None = None):
+    def __init__(self, node_id: str, drive_paths: list[Path], identities: list[DriveIdentity] | None = None, *,
+                 reconcile_in_background: bool = False):
         if not drive_paths:
             raise ValueError("a storage node needs at least one drive")
         if identities is not None and len(identities) != len(drive_paths):
             raise ValueError(f"{len(drive_paths)} drives but {len(identities)} set slots")
         self.node_id = node_id
-        self.all_drives = [Drive(p, identities[i] if identities else None) for i, p in enumerate(drive_paths)]
+        self._bucket_ops = threading.Lock()
+        self.all_drives = [Drive(p, identities[i] if identities else None,
+                                 reconcile_in_background=reconcile_in_background)
+                           for i, p in enumerate(drive_paths)]
 
     @property
     def drives(self) -> list[Drive]:
@@ -40,6 +57,7 @@ class Node:
             raise errors.ServiceUnavailable(f"node {self.node_id} drive {index} refused: {d.refusal}")
         return d
 
+    @_one_at_a_time
     def make_bucket(self, bucket: str, created_ns: int) -> types_pb2.BucketInfo:
         # Drives that missed an earlier make (e.g. added later) get the bucket now; the call
         # only fails as "already owned" when every drive already had it.
@@ -62,6 +80,7 @@ class Node:
                 by_name.setdefault(info.name, info)
         return [by_name[name] for name in sorted(by_name)]
 
+    @_one_at_a_time
     def delete_bucket(self, bucket: str) -> None:
         holders = [d for d in self.drives if d.has_bucket(bucket)]
         if not holders:
@@ -72,6 +91,7 @@ class Node:
         for d in holders:
             d.delete_bucket(bucket)
 
+    @_one_at_a_time
     def set_bucket_encryption(self, bucket: str, enc: types_pb2.BucketEncryption) -> types_pb2.BucketInfo:
         holders = [d for d in self.drives if d.has_bucket(bucket)]
         if not holders:

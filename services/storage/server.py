@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from sealstore import config, memory
@@ -56,7 +57,7 @@ def build(args: argparse.Namespace):
     identities = None
     if args.deployment_id:
         identities = [_identity(args.deployment_id, args.set_index, slot) for slot in args.set_slots.split(",")]
-    node = Node(args.node_id or args.listen, drives, identities)
+    node = Node(args.node_id or args.listen, drives, identities, reconcile_in_background=True)
     server = build_server(
         certs=config.certs_dir(args.data_dir.resolve()), role=ROLE, instance=config.instance_name(ROLE, args.instance),
         listen=args.listen,
@@ -65,7 +66,14 @@ def build(args: argparse.Namespace):
     return node, server
 
 
+DRIVE_THREADS = 16
+"""Threads doing drive I/O (servicer.py): enough that a slow listing or fsync does not hold up
+metadata reads, few enough that the drives are not flooded."""
+
+
 async def serve(args: argparse.Namespace) -> None:
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(DRIVE_THREADS, thread_name_prefix="drive"))
     node, server = build(args)
     log.info("storage node %s listening on %s with drives %s", node.node_id, args.listen,
              ", ".join(str(d.root) for d in node.drives))

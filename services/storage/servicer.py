@@ -1,8 +1,9 @@
 """StorageService over gRPC: converts protobuf requests into calls on the node's drives.
 
-File I/O runs on the event loop: drives are local, blocks are ~0.5 MiB, and keeping each
-drive call free of awaits is what serialises meta.json updates (see drive.py). Only the
-final fsync of an uploaded shard, which can take long for a big shard, runs in a thread.
+Every drive call (file I/O: listings, metadata reads, commits and their fsyncs, shard block
+reads and writes) runs in the loop's thread pool (server.py sizes it), never on the event loop:
+one slow drive call must not stall the node's other requests. Drive and Node are thread-safe
+(drive.py: per-object locks).
 """
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ from services.storage.node import Node
 from services.storage.shardfile import ShardWriter
 
 log = logging.getLogger(__name__)
+
+_in_thread = asyncio.to_thread
+_DONE = object()
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 # A drive that cannot take writes (remounted read-only after an I/O error, or failing) is, to
@@ -85,25 +89,27 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
     # ---- buckets -------------------------------------------------------------------------
 
     async def MakeBucket(self, request, context):
-        return self.node.make_bucket(request.bucket, request.created_ns)
+        return await _in_thread(self.node.make_bucket, request.bucket, request.created_ns)
 
     async def GetBucket(self, request, context):
-        return self.node.get_bucket(request.bucket)
+        return await _in_thread(self.node.get_bucket, request.bucket)
 
     async def ListBuckets(self, request, context):
-        return storage_pb2.ListBucketsResponse(buckets=self.node.list_buckets())
+        return storage_pb2.ListBucketsResponse(buckets=await _in_thread(self.node.list_buckets))
 
     async def DeleteBucket(self, request, context):
-        self.node.delete_bucket(request.bucket)
+        await _in_thread(self.node.delete_bucket, request.bucket)
         return types_pb2.Empty()
 
     async def SetBucketEncryption(self, request, context):
-        return self.node.set_bucket_encryption(request.bucket, request.encryption)
+        return await _in_thread(self.node.set_bucket_encryption, request.bucket, request.encryption)
 
     # ---- uploads -------------------------------------------------------------------------
 
     async def WriteShard(self, request_iterator, context):
         writer: ShardWriter | None = None
+        in_flight: asyncio.Future | None = None
+        loop = asyncio.get_running_loop()
         try:
             async for request in request_iterator:
                 kind = request.WhichOneof("message")
@@ -111,79 +117,94 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
                     if writer is not None:
                         raise errors.InvalidRequest("WriteShard got a second header")
                     h = request.header
-                    writer = self.node.drive(h.drive).open_upload(h.upload_id, h.bucket)
+                    writer = await _in_thread(self.node.drive(h.drive).open_upload, h.upload_id, h.bucket)
                 elif kind == "block":
                     if writer is None:
                         raise errors.InvalidRequest("WriteShard must start with a header")
-                    writer.write_block(request.block)
+                    in_flight = loop.run_in_executor(None, writer.write_block, request.block)
+                    await asyncio.shield(in_flight)
             if writer is None:
                 raise errors.InvalidRequest("WriteShard got no header")
-            blocks, nbytes = await asyncio.to_thread(writer.finish)
+            blocks, nbytes = await _in_thread(writer.finish)
             return storage_pb2.WriteShardResponse(blocks=blocks, bytes=nbytes)
         except BaseException:
             # A broken stream (client gone, cancelled, bad block) must not leave a tmp shard.
             if writer is not None:
+                if in_flight is not None and not in_flight.done():
+                    # A cancelled await does not stop the thread: closing the file under a
+                    # write in progress could make it write into a reused descriptor.
+                    await asyncio.wait([in_flight])
                 writer.discard()
             raise
 
     async def CommitObject(self, request, context):
-        self.node.drive(request.drive).commit_object(request.upload_id, request.meta,
-                                                     conditional=request.conditional,
-                                                     expect_data_id=request.expect_data_id,
-                                                     inline_block=request.inline_block)
+        await _in_thread(self.node.drive(request.drive).commit_object, request.upload_id, request.meta,
+                         conditional=request.conditional, expect_data_id=request.expect_data_id,
+                         inline_block=request.inline_block)
         return types_pb2.Empty()
 
     async def AbortUpload(self, request, context):
-        self.node.drive(request.drive).abort_upload(request.upload_id)
+        await _in_thread(self.node.drive(request.drive).abort_upload, request.upload_id)
         return types_pb2.Empty()
 
     # ---- objects -------------------------------------------------------------------------
 
     async def GetObjectMeta(self, request, context):
-        return self.node.drive(request.drive).get_object_meta(request.bucket, request.key)
+        return await _in_thread(self.node.drive(request.drive).get_object_meta, request.bucket, request.key)
 
     async def ReadShard(self, request, context):
-        reader = self.node.drive(request.drive).open_shard(request.bucket, request.key, request.data_id)
+        reader = await _in_thread(self.node.drive(request.drive).open_shard, request.bucket, request.key,
+                                  request.data_id)
+        in_flight: asyncio.Future | None = None
+        loop = asyncio.get_running_loop()
         try:
             # block_count 0 means "to the last block".
             count = request.block_count or max(0, reader.block_count - request.first_block)
-            for index, block in reader.read_blocks(request.first_block, count):
+            blocks = reader.read_blocks(request.first_block, count)
+            while True:
+                in_flight = loop.run_in_executor(None, next, blocks, _DONE)
+                item = await asyncio.shield(in_flight)
+                if item is _DONE:
+                    break
+                index, block = item
                 yield storage_pb2.ShardBlock(index=index, block=block)
         except errors.ObjectTampered as err:
             log.warning("drive %d: %s", request.drive, err.message)
             raise
         finally:
+            if in_flight is not None and not in_flight.done():
+                await asyncio.wait([in_flight])  # never close the file under a read in progress
             reader.close()
 
     async def DeleteObject(self, request, context):
-        self.node.drive(request.drive).delete_object(request.bucket, request.key, only_data_id=request.data_id)
+        await _in_thread(self.node.drive(request.drive).delete_object, request.bucket, request.key,
+                         only_data_id=request.data_id)
         return types_pb2.Empty()
 
     async def ListObjects(self, request, context):
-        entries, truncated = self.node.drive(request.drive).list_objects(
-            request.bucket, request.prefix, request.start_after, request.max_keys)
+        entries, truncated = await _in_thread(self.node.drive(request.drive).list_objects,
+                                              request.bucket, request.prefix, request.start_after, request.max_keys)
         return storage_pb2.ListObjectsResponse(entries=entries, truncated=truncated)
 
     async def CheckShard(self, request, context):
         drive = self.node.drive(request.drive)
-        # Metadata read and orphan removal run on the loop, never beside a commit (drive.py).
-        result = drive.check_shard(request.bucket, request.key, deep=False)
+        result = await _in_thread(drive.check_shard, request.bucket, request.key, deep=False)
         if request.deep and result.state == storage_pb2.CheckShardResponse.OK:
-            # Reading every block of a big shard would stall the loop: verify in a thread.
-            problem = await asyncio.to_thread(drive.verify_current_shard, result.meta)
+            problem = await _in_thread(drive.verify_current_shard, result.meta)
             if problem:
                 result.state, result.detail = storage_pb2.CheckShardResponse.SHARD_CORRUPT, problem
         return result
 
     async def UpdateObjectEncryption(self, request, context):
-        self.node.drive(request.drive).update_encryption(request.bucket, request.key, request.expect_data_id,
-                                                         request.encrypted_dek, request.kms_key_version)
+        await _in_thread(self.node.drive(request.drive).update_encryption, request.bucket, request.key,
+                         request.expect_data_id, request.encrypted_dek, request.kms_key_version)
         return types_pb2.Empty()
 
     async def NodeStatus(self, request, context):
+        objects = await _in_thread(self.node.count_objects)
         return storage_pb2.NodeStatusResponse(
             node_id=self.node.node_id, drives=[str(d.root) for d in self.node.all_drives],
-            objects=self.node.count_objects(),
+            objects=objects,
             drive_states=[storage_pb2.DriveState(
                 path=str(d.root), state=d.state, detail=d.refusal,
                 slot=d.identity.drive_index if d.identity else -1,

@@ -1,0 +1,162 @@
+"""A drive's listing index: the keys of each bucket in key order, so that a listing page costs
+O(page) instead of a walk of every object folder (keys are hashed on disk, see drive.py).
+
+The index is a cache of the meta.json files, never a source of truth:
+- rebuilt from them when missing or unreadable, and reconciled with them at every start (one
+  stat per object, a parse only of files that changed since the index last saw them);
+- each row carries the identity (inode, times, size) of the meta.json it was read from, and a
+  listing stats the files of the rows it returns: a row whose file changed, vanished, rotted or
+  names another object is re-read, repaired or dropped there, so a crash between a meta.json
+  write and the index update never lists a key that is gone or a version that was replaced;
+- a key whose meta.json was written but whose row was not (crash, failed index write) is found
+  by the next reconcile (at start, or before the next listing after a failed write).
+
+Why SQLite (standard library) rather than a sorted log of our own: ordered range scans by
+(bucket, key) with a B-tree, single-row upserts and deletes in place, WAL for concurrent
+readers, and crash safety of its own file, without writing a compaction. Writes use
+synchronous=NORMAL (no fsync per commit): a power loss may drop the last rows, which the
+reconcile at start restores from the meta.json files, which are fsynced.
+
+Every method is thread-safe (one connection per drive, one lock around it).
+"""
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Iterable, NamedTuple
+
+SCHEMA_VERSION = 1
+INDEX_FILE = "listing.sqlite3"
+
+
+class Row(NamedTuple):
+    key: str
+    size: int
+    etag: str
+    mtime_ns: int
+    data_id: str
+    ident: str
+
+
+def identity_text(identity: tuple[int, ...]) -> str:
+    return ":".join(map(str, identity))
+
+
+class ListingIndex:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._db = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        # Keys are stored as UTF-8 BLOBs: byte order is S3's listing order (and code point order).
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                raise sqlite3.DatabaseError(f"listing index schema {version}, expected {SCHEMA_VERSION}")
+            db.execute("CREATE TABLE IF NOT EXISTS objects (bucket TEXT NOT NULL, key BLOB NOT NULL, "
+                       "size INTEGER NOT NULL, etag TEXT NOT NULL, mtime_ns INTEGER NOT NULL, "
+                       "data_id TEXT NOT NULL, ident TEXT NOT NULL, PRIMARY KEY (bucket, key)) WITHOUT ROWID")
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            db.execute("SELECT count(*) FROM objects WHERE bucket = ''").fetchone()  # reads a page: fails if rotten
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    @classmethod
+    def open_or_recreate(cls, path: Path) -> tuple["ListingIndex", str]:
+        """The index at `path`; a new empty one if the file is unreadable (the caller then
+        rebuilds it from the meta.json files). Returns (index, why it was recreated or "")."""
+        try:
+            return cls(path), ""
+        except sqlite3.Error as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        return cls(path), reason
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # ---- writes ---------------------------------------------------------------------------
+
+    def put(self, bucket: str, row: Row) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             (bucket, row.key.encode(), row.size, row.etag, row.mtime_ns, row.data_id, row.ident))
+
+    def remove(self, bucket: str, key: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM objects WHERE bucket = ? AND key = ?", (bucket, key.encode()))
+
+    def replace_if(self, bucket: str, key: str, expected_ident: str | None, row: Row | None) -> None:
+        """Compare-and-swap for repairs made by a reader: only if the key's row still has
+        `expected_ident` (None: there is no row), so that a commit or delete that updated the
+        row meanwhile is never undone by a reader's older view."""
+        with self._lock, self._db:
+            if expected_ident is None:
+                if row is not None:
+                    self._db.execute("INSERT OR IGNORE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                     (bucket, key.encode(), row.size, row.etag, row.mtime_ns, row.data_id, row.ident))
+            elif row is None:
+                self._db.execute("DELETE FROM objects WHERE bucket = ? AND key = ? AND ident = ?",
+                                 (bucket, key.encode(), expected_ident))
+            else:
+                self._db.execute("UPDATE objects SET size = ?, etag = ?, mtime_ns = ?, data_id = ?, ident = ? "
+                                 "WHERE bucket = ? AND key = ? AND ident = ?",
+                                 (row.size, row.etag, row.mtime_ns, row.data_id, row.ident, bucket, key.encode(),
+                                  expected_ident))
+
+    def replace_many(self, bucket: str, changes: Iterable[tuple[str, str | None, Row | None]]) -> None:
+        """replace_if for each (key, expected_ident, row), in one transaction."""
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            for key, expected, row in changes:
+                k = key.encode()
+                if expected is None:
+                    if row is not None:
+                        self._db.execute("INSERT OR IGNORE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                         (bucket, k, row.size, row.etag, row.mtime_ns, row.data_id, row.ident))
+                elif row is None:
+                    self._db.execute("DELETE FROM objects WHERE bucket = ? AND key = ? AND ident = ?",
+                                     (bucket, k, expected))
+                else:
+                    self._db.execute("UPDATE objects SET size = ?, etag = ?, mtime_ns = ?, data_id = ?, ident = ? "
+                                     "WHERE bucket = ? AND key = ? AND ident = ?",
+                                     (row.size, row.etag, row.mtime_ns, row.data_id, row.ident, bucket, k, expected))
+
+    def drop_bucket(self, bucket: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM objects WHERE bucket = ?", (bucket,))
+
+    # ---- reads ----------------------------------------------------------------------------
+
+    def page(self, bucket: str, prefix: str, after: str, limit: int) -> list[Row]:
+        """Up to `limit` rows with key > `after` and key >= `prefix`, in key order (rows past the
+        prefix's range may follow: the caller stops at the first key without the prefix)."""
+        with self._lock:
+            cursor = self._db.execute(
+                "SELECT key, size, etag, mtime_ns, data_id, ident FROM objects "
+                "WHERE bucket = ? AND key > ? AND key >= ? ORDER BY key LIMIT ?",
+                (bucket, after.encode(), prefix.encode(), limit))
+            return [Row(k.decode(), *rest) for k, *rest in cursor.fetchall()]
+
+    def idents(self, bucket: str) -> dict[str, str]:
+        """key -> ident of every row of the bucket (for the reconcile)."""
+        with self._lock:
+            rows = self._db.execute("SELECT key, ident FROM objects WHERE bucket = ?", (bucket,)).fetchall()
+        return {k.decode(): ident for k, ident in rows}
+
+    def buckets(self) -> set[str]:
+        with self._lock:
+            return {b for (b,) in self._db.execute("SELECT DISTINCT bucket FROM objects").fetchall()}
+
+    def count(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT count(*) FROM objects").fetchone()[0]
