@@ -11,6 +11,9 @@ import pytest
 
 from services.crypto import dare, dare_cli
 
+# Runs the command line as a child process: not part of the unit layer.
+pytestmark = pytest.mark.process
+
 REPO = Path(__file__).resolve().parents[2]
 # minio/sio golden vectors (provenance: tests/crypto/vectors/PROVENANCE.md).
 VECTORS = json.loads((Path(__file__).resolve().parent / "vectors" / "dare-v20.json").read_text())

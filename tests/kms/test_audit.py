@@ -173,6 +173,7 @@ def test_audit_log_never_holds_key_material_data_keys_or_ciphertexts(kms):
             assert form not in log_blob
 
 
+@pytest.mark.process
 def test_default_audit_file_and_stdout(tmp_path):
     """Without --audit-file the log is <data>/kms/audit.log (0600); with `-` it goes to stdout."""
     default = start_kms(tmp_path / "default-data", tmp_path, kes=False)

@@ -17,7 +17,8 @@ from services.kms.openbao_transit import OpenBaoTransitKeyStore
 CALLER = "ab" * 32
 CTX = b'{"bucket-a":"bucket-a/dir/obj"}'
 OTHER_CTX = b'{"bucket-a":"bucket-a/other"}'
-BACKENDS = ["mem", "fs", "openbao-kv", "openbao-transit"]
+BACKENDS = ["mem", "fs", pytest.param("openbao-kv", marks=pytest.mark.process),
+            pytest.param("openbao-transit", marks=pytest.mark.process)]  # OpenBao: a real server process
 
 
 @pytest.fixture(params=BACKENDS)

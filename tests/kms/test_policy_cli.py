@@ -121,6 +121,7 @@ def test_identity_list_marks_admin_and_policies(kms):
     assert result.stdout.splitlines()[0].startswith(ids[ADMIN])  # the admin first
 
 
+@pytest.mark.process
 def test_identity_list_reads_the_default_policy_file(tmp_path):
     kms = start_kms(tmp_path / "data", tmp_path, kes=False)  # writes <data>/kms/policy.json
     kms.stop()
@@ -165,6 +166,7 @@ def test_policy_show_and_list(kms):
     assert missing.returncode == 1 and "no policy 'nope'" in missing.stderr and "apps, viewer" in missing.stderr
 
 
+@pytest.mark.process
 def test_no_policy_file_is_a_clear_error(tmp_path):
     result = sealstore(tmp_path, "identity", "list")
     assert result.returncode == 1 and "no policy file" in result.stderr

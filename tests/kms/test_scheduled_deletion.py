@@ -12,6 +12,7 @@ from sealstore.v1 import kms_pb2
 from tests.kms.conftest import start_kms, stop_kms
 
 
+@pytest.mark.process
 def test_due_deletion_is_carried_out_at_start(tmp_path):
     data, logs = tmp_path / "data", tmp_path / "log"
     kms = start_kms(data, logs)
