@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +15,8 @@ from pathlib import Path
 import boto3
 from botocore.config import Config
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.ports import free_port_block
+from tests.support.processes import REPO, listening, spawn, stop_process, wait_until_ready
 SEALSTORE = str(Path(sys.executable).parent / "sealstore")
 
 
@@ -31,22 +30,11 @@ def error_code(exc) -> str:
     return exc.response["Error"]["Code"]
 
 
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _pick_ports(storage_nodes: int) -> tuple[int, int]:
-    for _ in range(200):
-        base = random.randrange(20000, 40000, 100)
-        ports = [base + 1, base + 2, base + 3, *(base + 11 + i for i in range(storage_nodes)), base + 99]
-        if all(_free(p) for p in ports):
-            return base, base + 99
-    raise RuntimeError("no free ports")
+    """`sealstore run` numbers its services from one base port (kms +1, crypto +2, heal +3,
+    storage +11...); the gateway gets +99 here. Returns (base, gateway port)."""
+    base = free_port_block([1, 2, 3, *(11 + i for i in range(storage_nodes)), 99])
+    return base, base + 99
 
 
 @dataclass
@@ -81,24 +69,11 @@ class RunningCluster:
         """Starts the service again with its recorded command line; waits until it listens."""
         from sealctl.launcher import service_env
         svc = self.service(name)
-        log = open(self.data / "logs" / f"{name}.log", "ab")
-        proc = subprocess.Popen(svc["argv"], env={**service_env(self.data), **{k: v for k, v in self.env.items()
-                                                                               if k.startswith("SEALSTORE_")}},
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
-                                start_new_session=True)
-        log.close()
+        log = self.data / "logs" / f"{name}.log"
+        env = {**service_env(self.data), **{k: v for k, v in self.env.items() if k.startswith("SEALSTORE_")}}
+        proc = spawn(svc["argv"], log, env, new_session=True)
         self.restarted = {**(self.restarted or {}), name: proc}
-        host, port = svc["address"].rsplit(":", 1)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited on restart: {(self.data / 'logs' / f'{name}.log').read_text()[-2000:]}")
-            try:
-                socket.create_connection((host, int(port)), timeout=0.5).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"{name} did not listen again")
+        wait_until_ready(lambda: listening(svc["address"]), proc, f"{name} (restarted)", log, timeout=30)
 
     def cli(self, *args: str, check: bool = True, input: bytes | None = None) -> subprocess.CompletedProcess:
         result = subprocess.run([SEALSTORE, *args], env=self.env, capture_output=True, input=input, timeout=120)
@@ -168,18 +143,8 @@ def _wait_gone(pid: int, timeout: float = 10) -> None:
 
 def stop_cluster(cluster: RunningCluster) -> int:
     for proc in (cluster.restarted or {}).values():
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-    cluster.process.send_signal(signal.SIGINT)
-    try:
-        return cluster.process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        cluster.process.kill()
-        return cluster.process.wait()
+        stop_process(proc)
+    # SIGINT: the launcher's Ctrl-C path, which stops every service it started.
+    return stop_process(cluster.process, timeout=30, sig=signal.SIGINT)
 
 

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import socket
 import subprocess
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,30 +14,10 @@ import pytest
 from sealstore import config, rpc, tls
 from sealstore.erasure.client import ErasureSetClient
 from sealstore.v1 import crypto_pb2_grpc, kms_pb2, kms_pb2_grpc
+from tests.support.processes import free_port, python_service, spawn, stop_process, wait_listening
 
-REPO = Path(__file__).resolve().parents[2]
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "268435456"}
 STORAGE_NODES = 4
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_tcp(address: str, proc: subprocess.Popen, log: Path, timeout: float = 30.0) -> None:
-    host, port = address.rsplit(":", 1)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited: {log.read_text(errors='replace')[-3000:]}")
-        try:
-            with socket.create_connection((host, int(port)), timeout=0.3):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{address} did not come up: {log.read_text(errors='replace')[-3000:]}")
 
 
 @dataclass
@@ -57,23 +33,14 @@ class Proc:
         # The topology and certificates must come from our data folder, whatever the caller set.
         for var in (config.ENV_STORAGE_SET, config.ENV_CERTS_DIR, config.ENV_DATA_DIR):
             env.pop(var, None)
-        with open(self.log, "ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", f"services.{self.role}", "--listen", self.address,
-                 "--data-dir", str(data), *self.args],
-                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.process = spawn(python_service(f"services.{self.role}", "--listen", self.address,
+                                            "--data-dir", str(data), *self.args), self.log, env)
 
     def wait(self) -> None:
-        wait_tcp(self.address, self.process, self.log)
+        wait_listening(self.address, self.process, self.log)
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 @dataclass

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import socket
 import ssl
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,14 +17,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sealstore import rpc
 from sealstore.tls import ensure_dev_pki, tls_files
 from sealstore.v1 import kms_pb2_grpc
+from tests.support.processes import REPO, clean_env, free_port, python_service, spawn, stop_process
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["REPO", "free_port", "KesClient", "KmsWithKes", "launch_kms", "start_kms"]
 
 
 @dataclass
@@ -80,13 +73,11 @@ class KmsWithKes:
     def kes(self, role: str) -> KesClient:
         return KesClient(self.certs, role, self.kes_address)
 
+    def channel(self, role: str) -> grpc.Channel:
+        return rpc.sync_channel(self.certs, role, self.address, server="kms")
+
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
 
 
 def _wait_ready(kms: KmsWithKes, timeout: float = 15.0) -> None:
@@ -108,20 +99,21 @@ def _wait_ready(kms: KmsWithKes, timeout: float = 15.0) -> None:
     raise TimeoutError(f"kms on {kms.address} did not become ready")
 
 
-def start_kms(data_dir: Path, log_dir: Path, *extra_args: str, kes: bool = True) -> KmsWithKes:
-    """Starts `python -m services.kms` over `data_dir` (dev PKI made there) with `extra_args`."""
+def launch_kms(data_dir: Path, log_dir: Path, args: list[str] | tuple[str, ...] = (), *, kes: bool = False,
+               extra_env: dict[str, str] | None = None, append_log: bool = False) -> KmsWithKes:
+    """The one kms launcher of the tests: `python -m services.kms` over `data_dir` (dev PKI made
+    there), environment without SEALSTORE_* except `extra_env`, optionally the KES API on a
+    second free port; returns once it is SERVING (and the KES port listens). Stop with .stop()."""
     certs = data_dir / "certs"
     ensure_dev_pki(certs)
     address = f"127.0.0.1:{free_port()}"
     kes_address = f"127.0.0.1:{free_port()}" if kes else ""
-    args = [sys.executable, "-m", "services.kms", "--listen", address, "--data-dir", str(data_dir), *extra_args]
+    argv = python_service("services.kms", "--listen", address, "--data-dir", str(data_dir), *args)
     if kes:
-        args += ["--kes-listen", kes_address]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEALSTORE_")}
-    env["PYTHONUNBUFFERED"] = "1"
+        argv += ["--kes-listen", kes_address]
+    log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / "kms.log"
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    proc = spawn(argv, log_path, clean_env(PYTHONUNBUFFERED="1", **(extra_env or {})), append=append_log)
     kms = KmsWithKes(data_dir, certs, address, kes_address, proc, log_path)
     try:
         _wait_ready(kms)
@@ -129,3 +121,8 @@ def start_kms(data_dir: Path, log_dir: Path, *extra_args: str, kes: bool = True)
         kms.stop()
         raise
     return kms
+
+
+def start_kms(data_dir: Path, log_dir: Path, *extra_args: str, kes: bool = True) -> KmsWithKes:
+    """A kms with `extra_args` and (by default) its KES API."""
+    return launch_kms(data_dir, log_dir, extra_args, kes=kes)

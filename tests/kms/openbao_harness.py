@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -16,14 +15,10 @@ from pathlib import Path
 
 import hvac
 
+from tests.support.processes import free_port, spawn, stop_process
+
 BAO = shutil.which("bao", path=str(Path(sys.executable).parent)) or shutil.which("bao") or "bao"
 DEV_TOKEN = "root"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env() -> dict:
@@ -47,9 +42,7 @@ class OpenBao:
 
     def start(self) -> None:
         self.tmp.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen([BAO, "server", *self.args], stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, env=_env())
+        self.process = spawn([BAO, "server", *self.args], self.log_path, _env())
         self._wait(lambda health: health.get("initialized") is not None)
 
     def _wait(self, ready, timeout: float = 120) -> dict:
@@ -73,13 +66,7 @@ class OpenBao:
         self._wait(lambda h: h.get("initialized") and not h.get("sealed") and not h.get("standby"))
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout=15)
         self.process = None
 
     def enable_engines(self) -> None:

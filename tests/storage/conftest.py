@@ -2,19 +2,14 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from sealstore.config import ENV_CERTS_DIR, SetMember, Topology
 from sealstore.tls import ensure_dev_pki
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.processes import REPO, free_port, python_service, spawn, stop_process, wait_listening
 
 
 @pytest.fixture(scope="session")
@@ -22,12 +17,6 @@ def certs(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("certs")
     ensure_dev_pki(path)
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class StorageCluster:
@@ -54,43 +43,22 @@ class StorageCluster:
         indexes = indexes or tuple(range(len(self.ports)))
         env = {**os.environ, ENV_CERTS_DIR: str(self.certs), "PYTHONPATH": str(REPO)}
         for i in indexes:
-            log = open(self.root / f"node{i}.log", "ab")
-            self.procs[i] = subprocess.Popen(
-                [sys.executable, "-m", "services.storage", "--listen", self.address(i),
-                 "--data-dir", str(self.root / f"node{i}"), "--drives", ",".join(str(self.drive_dir(i, d)) for d in range(self.drives)),
-                 "--node-id", f"node{i}"],
-                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-            log.close()
+            self.procs[i] = spawn(python_service(
+                "services.storage", "--listen", self.address(i), "--data-dir", str(self.root / f"node{i}"),
+                "--drives", ",".join(str(self.drive_dir(i, d)) for d in range(self.drives)), "--node-id", f"node{i}"),
+                self.root / f"node{i}.log", env)
         for i in indexes:
-            self._wait_listening(i)
-
-    def _wait_listening(self, i: int, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.procs[i].poll() is not None:
-                raise RuntimeError(f"storage node {i} exited: {(self.root / f'node{i}.log').read_text()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.ports[i]), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise TimeoutError(f"storage node {i} did not start listening")
+            wait_listening(self.address(i), self.procs[i], self.root / f"node{i}.log", timeout=20.0)
 
     def stop(self, *indexes: int) -> None:
         indexes = indexes or tuple(range(len(self.ports)))
-        for i in indexes:
+        for i in indexes:  # all asked at once: the nodes stop in parallel
             proc = self.procs[i]
             if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+                proc.terminate()
         for i in indexes:
-            proc = self.procs[i]
-            if proc is not None:
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-                self.procs[i] = None
+            stop_process(self.procs[i])
+            self.procs[i] = None
 
 
 @pytest.fixture(scope="module")
