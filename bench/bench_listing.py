@@ -19,9 +19,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import random
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,6 +28,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
+
+import boto3
+from botocore.config import Config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sealstore import sigv4  # noqa: E402
@@ -62,18 +63,21 @@ class Client:
         raise AssertionError("unreachable")
 
 
-def count_keys(cluster: RunningCluster, bucket: str) -> int:
-    s3 = cluster.s3()
+def present_keys(cluster: RunningCluster, bucket: str) -> set[str] | None:
+    # Retries: a storage node that walks every metadata file for a page can miss the caller's
+    # deadline (the first listing after a start, on the code before the index).
+    s3 = boto3.client("s3", endpoint_url=cluster.endpoint, region_name="us-east-1",
+                      aws_access_key_id=cluster.access_key, aws_secret_access_key=cluster.secret_key,
+                      config=Config(signature_version="s3v4", read_timeout=600,
+                                    retries={"max_attempts": 10, "mode": "standard"}))
     try:
-        return sum(page.get("KeyCount", 0) for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket))
+        return {o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+                for o in page.get("Contents", [])}
     except s3.exceptions.NoSuchBucket:
-        return -1
+        return None
 
 
-def fill(cluster: RunningCluster, bucket: str, count: int, clients: int) -> float:
-    s3 = cluster.s3()
-    if count_keys(cluster, bucket) < 0:
-        s3.create_bucket(Bucket=bucket)
+def fill(cluster: RunningCluster, bucket: str, numbers: list[int], clients: int) -> float:
     local = threading.local()
     failures = []
 
@@ -88,7 +92,7 @@ def fill(cluster: RunningCluster, bucket: str, count: int, clients: int) -> floa
     start = time.perf_counter()
     done = 0
     with ThreadPoolExecutor(clients) as pool:
-        for _ in pool.map(put, range(count), chunksize=64):
+        for _ in pool.map(put, numbers, chunksize=64):
             done += 1
             if done % 10_000 == 0:
                 print(f"  {bucket}: {done} objects in {time.perf_counter() - start:.0f} s", flush=True)
@@ -162,14 +166,17 @@ def main() -> None:
     report = {"objects": args.objects}
     try:
         for bucket, count in ((SMALL, 1000), (BIG, args.objects)):
-            have = count_keys(cluster, bucket)
-            if have < count:
-                print(f"filling {bucket} with {count} objects ({args.clients} clients)", flush=True)
-                took = fill(cluster, bucket, count, args.clients)
-                print(f"  filled in {took:.0f} s ({count / took:.0f} PUT/s)", flush=True)
+            have = present_keys(cluster, bucket)
+            if have is None:
+                cluster.s3().create_bucket(Bucket=bucket)
+                have = set()
+            missing = [n for n in range(count) if f"obj/{n:07d}" not in have]
+            if missing:
+                print(f"filling {bucket}: {len(missing)} of {count} objects ({args.clients} clients)", flush=True)
+                took = fill(cluster, bucket, missing, args.clients)
+                print(f"  filled in {took:.0f} s ({len(missing) / took:.0f} PUT/s)", flush=True)
                 report[f"fill_{bucket}_s"] = round(took, 1)
-            else:
-                print(f"{bucket} already holds {have} objects", flush=True)
+            print(f"{bucket} holds {len(have) + len(missing)} objects", flush=True)
 
         for n in range(args.walks):
             pages, keys, took, times = walk(cluster, BIG)
