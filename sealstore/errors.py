@@ -77,6 +77,8 @@ _TABLE = [
      "The XML you provided was not well-formed or did not validate against our published schema."),
     ("PreconditionFailed", "PreconditionFailed", 412, SC.FAILED_PRECONDITION,
      "At least one of the pre-conditions you specified did not hold"),
+    # Not a failure: the client's cached copy is current. Rendered without a body.
+    ("NotModified", "NotModified", 304, SC.FAILED_PRECONDITION, "Not Modified"),
     ("InvalidRange", "InvalidRange", 416, SC.OUT_OF_RANGE, "The requested range is not satisfiable"),
     ("MethodNotAllowed", "MethodNotAllowed", 405, SC.UNIMPLEMENTED, "The specified method is not allowed against this resource."),
     ("NotImplemented", "NotImplemented", 501, SC.UNIMPLEMENTED, "A header you provided implies functionality that is not implemented."),
@@ -141,6 +143,7 @@ MaxMessageLengthExceeded = ERRORS_BY_NAME["MaxMessageLengthExceeded"]
 RequestTimeout = ERRORS_BY_NAME["RequestTimeout"]
 InvalidRange = ERRORS_BY_NAME["InvalidRange"]
 PreconditionFailed = ERRORS_BY_NAME["PreconditionFailed"]
+NotModified = ERRORS_BY_NAME["NotModified"]
 MethodNotAllowed = ERRORS_BY_NAME["MethodNotAllowed"]
 NotImplementedS3 = ERRORS_BY_NAME["NotImplemented"]
 ServerSideEncryptionConfigurationNotFoundError = ERRORS_BY_NAME["ServerSideEncryptionConfigurationNotFoundError"]
@@ -169,6 +172,28 @@ _FALLBACK_BY_STATUS = {
 def grpc_trailing_metadata(err: SealstoreError) -> tuple[tuple[str, str], ...]:
     """The trailing metadata that carries `err`'s class across a gRPC call."""
     return ((ERROR_CODE_METADATA, type(err).__name__),)
+
+
+ERROR_MESSAGE_METADATA = "sealstore-error-message-bin"
+
+
+def grpc_initial_metadata(err: SealstoreError) -> tuple[tuple[str, str | bytes], ...]:
+    """`err` as initial metadata, for a client-streaming call that ends while the client is
+    still writing: grpc-python's asyncio client may then replace the call's status with a
+    generic INTERNAL "Internal error from Core" (grpc/grpc#36066), but not its initial metadata."""
+    return ((ERROR_CODE_METADATA, type(err).__name__), (ERROR_MESSAGE_METADATA, err.message.encode("utf-8")))
+
+
+def from_initial_metadata(metadata) -> SealstoreError | None:
+    """The typed error a peer sent with `grpc_initial_metadata`, or None."""
+    values = dict(metadata or ())
+    cls = ERRORS_BY_NAME.get(values.get(ERROR_CODE_METADATA, ""))
+    if cls is None:
+        return None
+    message = values.get(ERROR_MESSAGE_METADATA, b"")
+    if isinstance(message, bytes):
+        message = message.decode("utf-8", "replace")
+    return cls(message or None)
 
 
 def from_rpc_error(exc: grpc.RpcError) -> SealstoreError:

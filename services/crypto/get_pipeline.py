@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 from sealstore import errors
+from sealstore.conditions import Conditions
 from sealstore.erasure import coder as erasure
 from sealstore.erasure.client import ErasureSetClient, ErasureSets, StoredVersion
 from sealstore.erasure.heal import heal_object
@@ -107,6 +108,8 @@ class ObjectReader:
     holders: list[int]
     # Members whose copy is missing or stale (found when the metadata was read).
     suspects: set[int] = field(default_factory=set)
+    # The request's conditions say the client's copy is current (304): nothing is read.
+    not_modified: bool = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The range's plaintext in chunks of at most MESSAGE_SIZE bytes."""
@@ -187,8 +190,11 @@ class ObjectReader:
 
 
 async def open_object(store: ErasureSetClient | ErasureSets, kms: KmsClient, bucket: str, key: str,
-                      requested: RangeRequest | None) -> ObjectReader:
-    """Everything a GET needs before its first byte; raises the client-visible errors."""
+                      requested: RangeRequest | None, conditions: Conditions | None = None) -> ObjectReader:
+    """Everything a GET needs before its first byte; raises the client-visible errors.
+
+    `conditions` are checked right after the metadata read and before the range and the kms
+    (RFC 7232: preconditions come before Range), so a 412 or 304 costs no Decrypt."""
     store = store.set_for(bucket, key)
     outcomes = await store.meta_outcomes(bucket, key)
     metas = [o if isinstance(o, types_pb2.ObjectMeta) else None for o in outcomes]
@@ -205,6 +211,12 @@ async def open_object(store: ErasureSetClient | ErasureSets, kms: KmsClient, buc
                 if isinstance(o, (errors.NoSuchKey, errors.NoSuchBucket))
                 or (isinstance(o, types_pb2.ObjectMeta) and o.data_id != meta.data_id and o.mtime_ns < meta.mtime_ns)}
     check_names(meta, bucket, key)
+    if conditions:
+        try:
+            conditions.check(meta, resource=key)
+        except errors.NotModified:
+            return ObjectReader(store, bucket, key, meta, ResolvedRange(0, 0, False), None, holders,
+                                not_modified=True)
     resolved = resolve_range(meta.size, requested)
     oek = await unseal_object_key(kms, meta, bucket, key) if meta.HasField("encryption") else None
     return ObjectReader(store, bucket, key, meta, resolved, oek, holders, suspects)

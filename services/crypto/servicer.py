@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import AsyncIterator
 
 from sealstore import errors
+from sealstore.conditions import Conditions
 from sealstore.erasure.client import ErasureSetClient, ErasureSets
 from sealstore.v1 import crypto_pb2, crypto_pb2_grpc
 from services.crypto import dare, keys
@@ -42,13 +43,14 @@ class CryptoServicer(crypto_pb2_grpc.CryptoServiceServicer):
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("message") != "header":
             raise errors.InvalidRequest("PutObject must start with a header")
+        # An error (a missing or disabled key, found before any data is read) ends the call at
+        # once, without reading the rest of the body: the gateway stops sending and takes this
+        # status as the answer.
         try:
             meta = await put_object(self.store, self.kms, _put_header(first.header), _body(request_iterator),
                                     cipher=self.cipher)
-        except errors.SealstoreError:
-            # Answer once the gateway has stopped sending: a call closed while the peer still
-            # writes reaches it as a generic transport error instead of this error.
-            await _drain(request_iterator)
+        except errors.SealstoreError as err:
+            await _send_early_error(context, err)
             raise
         return crypto_pb2.PutObjectResponse(meta=meta)
 
@@ -58,18 +60,19 @@ class CryptoServicer(crypto_pb2_grpc.CryptoServiceServicer):
             r = request.range
             requested = RangeRequest(first=r.first, last=r.last, suffix_length=r.suffix_length,
                                      is_suffix=r.is_suffix)
-        reader = await open_object(self.store, self.kms, request.bucket, request.key, requested)
+        conditions = Conditions.from_proto(request.conditions) if request.HasField("conditions") else None
+        reader = await open_object(self.store, self.kms, request.bucket, request.key, requested, conditions)
         yield crypto_pb2.GetObjectResponse(head=crypto_pb2.GetObjectHead(
             meta=reader.meta, offset=reader.range.offset, length=reader.range.length,
-            is_range=reader.range.is_range))
+            is_range=reader.range.is_range, not_modified=reader.not_modified))
         async for chunk in reader.chunks():
             yield crypto_pb2.GetObjectResponse(data=chunk)
 
 
-async def _drain(request_iterator) -> None:
-    """Reads and drops what is left of a client stream (ends quietly if the stream broke)."""
+async def _send_early_error(context, err: errors.SealstoreError) -> None:
+    """The error also goes out as initial metadata: the gateway may be writing when the call
+    ends, and its gRPC client can lose the status then (sealstore.errors.grpc_initial_metadata)."""
     try:
-        async for _ in request_iterator:
-            pass
-    except Exception:
+        await context.send_initial_metadata(errors.grpc_initial_metadata(err))
+    except Exception:  # the call is already gone: the status is all there is
         pass

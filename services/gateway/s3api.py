@@ -19,6 +19,7 @@ import grpc
 from aiohttp import web
 
 from sealstore import errors, sigv4
+from sealstore.conditions import Conditions
 from sealstore.v1 import crypto_pb2, types_pb2
 
 from . import s3xml, sse
@@ -47,10 +48,8 @@ RESPONSE_OVERRIDES = {
     "response-content-disposition": "Content-Disposition", "response-content-encoding": "Content-Encoding",
 }
 PASSTHROUGH_META = ("cache-control", "content-disposition", "content-encoding", "content-language", "expires")
-
-
-class NotModified(Exception):
-    """If-None-Match matched: answer 304 without a body."""
+CONTINUE_PENDING = web.RequestKey("sealstore.continue_pending", bool)
+"""The client sent `Expect: 100-continue` and waits for our go-ahead."""
 
 
 @dataclass(frozen=True)
@@ -78,18 +77,22 @@ def _url_encode(text: str) -> str:
     return quote(text, safe="/")
 
 
-def _etag_matches(header: str, etag: str) -> bool:
-    wanted = etag.strip('"')
-    return any(t.strip() in ("*", wanted, f'"{wanted}"', f'W/"{wanted}"') for t in header.split(","))
+async def grant_continue(request: web.Request) -> None:
+    """Sends the `100 Continue` a client with `Expect: 100-continue` waits for before its body.
+
+    server.py's expect handler only marks the request; the operation calls this once every
+    check that needs no body has passed (authentication, bucket, the SSE-KMS key), so a refused
+    request is answered before the client sends a single body byte."""
+    if request.get(CONTINUE_PENDING):
+        request[CONTINUE_PENDING] = False
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the interim response is not part of the real one
 
 
-def _check_conditions(request: web.Request, meta: types_pb2.ObjectMeta) -> None:
-    if_match = request.headers.get("If-Match")
-    if if_match is not None and not _etag_matches(if_match, meta.etag):
-        raise errors.PreconditionFailed(resource=request.path)
-    if_none = request.headers.get("If-None-Match")
-    if if_none is not None and _etag_matches(if_none, meta.etag):
-        raise NotModified()
+def not_modified_response(meta: types_pb2.ObjectMeta) -> web.Response:
+    """304: no body; the validators the client compares with its cached copy."""
+    return web.Response(status=304, headers={"ETag": s3xml.quote_etag(meta.etag),
+                                             "Last-Modified": http_date(meta.mtime_ns)})
 
 
 INT64_MAX = (1 << 63) - 1
@@ -281,6 +284,7 @@ class S3Api:
     async def _small_body(self, request: web.Request, identity: Identity, limit: int = s3xml.MAX_CONFIG_XML) -> bytes:
         body = body_from_request(request.content, request.headers, identity.payload_hash, identity.chain,
                                  read_timeout=self.limits.body_timeout)
+        await grant_continue(request)
         return await body.read_all(limit)
 
     async def create_bucket(self, request: web.Request, identity: Identity, t: Target) -> web.Response:
@@ -303,13 +307,8 @@ class S3Api:
             if rule.sse_algorithm == sse.AES256:
                 raise errors.NotImplementedS3("SSE-S3 (AES256) bucket default encryption is not supported yet; use aws:kms")
             await self.backend.erasure.get_bucket(t.bucket)
-            name = sse.normalize_key_id(rule.kms_master_key_id)
-            key = await self.backend.describe_key(name)  # KMS.NotFoundException if it does not exist
-            if not key.enabled:
-                # A default no PUT could use: refused now rather than at every upload.
-                if key.deletion_ns:
-                    raise errors.KMSPendingDeletion(f"The KMS key {name!r} is pending deletion.")
-                raise errors.KMSDisabled(f"The KMS key {name!r} is disabled.")
+            # A default no PUT could use (missing, disabled) is refused now rather than at every upload.
+            await self.backend.check_key_usable(sse.normalize_key_id(rule.kms_master_key_id), fresh=True)
             await self.backend.erasure.set_bucket_encryption(
                 t.bucket, types_pb2.BucketEncryption(sse_algorithm=rule.sse_algorithm,
                                                      kms_master_key_id=rule.kms_master_key_id))
@@ -420,45 +419,81 @@ class S3Api:
         if requested is not None:
             header.sse_kms.CopyFrom(crypto_pb2.SseKmsRequest(key_name=requested.key_name,
                                                              context_json=requested.context_json))
-        call = self.backend.crypto().PutObject()
+            # Fail fast: a missing or disabled key is refused before the body is read.
+            await self.backend.check_key_usable(requested.key_name)
+        await grant_continue(request)
         try:
-            await call.write(crypto_pb2.PutObjectRequest(header=header))
-            async for piece in body.pieces():
-                await call.write(crypto_pb2.PutObjectRequest(data=piece))
-            body.finish()  # only a fully verified body may be committed
-            await call.write(crypto_pb2.PutObjectRequest(end=crypto_pb2.PutObjectEnd(size=body.received)))
-            await call.done_writing()
-            response = await call
-        except (grpc.RpcError, asyncio.InvalidStateError) as e:
-            # The worker may end the call while we are still writing (a missing or disabled key
-            # is found before any data is needed). The write then fails with a generic error;
-            # the call's own status is the answer.
-            try:
-                await call
-            except grpc.RpcError as final:
-                raise _rpc(final) from None
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                pass
-            if isinstance(e, grpc.RpcError):
-                raise _rpc(e) from None
-            raise errors.InternalError("the crypto worker ended the upload before its end") from None
-        except BaseException:
-            call.cancel()
+            response = await self._stream_to_worker(header, body)
+        except errors.SealstoreError:
+            if requested is not None:
+                self.backend.forget_key(requested.key_name)  # the next PUT asks the kms again
             raise
         meta = response.meta
         out = {"ETag": s3xml.quote_etag(meta.etag)}
         out.update(sse.response_headers(meta.encryption if meta.HasField("encryption") else None))
         return web.Response(status=200, headers=out)
 
+    async def _stream_to_worker(self, header: crypto_pb2.PutObjectHeader, body) -> crypto_pb2.PutObjectResponse:
+        """Streams the body to a crypto worker and returns its answer.
+
+        The worker may answer before the body's end (a key that became unusable, a lost quorum):
+        then sending stops at once, even while waiting for a slow client, and the worker's
+        status is the answer. The unread rest of the client's body is left alone (server.py
+        closes the connection)."""
+        call = self.backend.crypto().PutObject()
+
+        async def send() -> None:
+            await call.write(crypto_pb2.PutObjectRequest(header=header))
+            async for piece in body.pieces():
+                await call.write(crypto_pb2.PutObjectRequest(data=piece))
+            body.finish()  # only a fully verified body may be committed
+            await call.write(crypto_pb2.PutObjectRequest(end=crypto_pb2.PutObjectEnd(size=body.received)))
+            await call.done_writing()
+
+        async def answer() -> crypto_pb2.PutObjectResponse:
+            return await call
+
+        async def worker_error(exc: BaseException) -> errors.SealstoreError:
+            err = _typed(exc)
+            if type(err) is errors.SealstoreError:
+                # Untyped: grpc may have replaced the worker's status because we were writing
+                # as the call ended; the worker sent its error in the initial metadata too.
+                try:
+                    early = errors.from_initial_metadata(await call.initial_metadata())
+                except Exception:
+                    early = None
+                return early or err
+            return err
+
+        sending, answering = asyncio.ensure_future(send()), asyncio.ensure_future(answer())
+        try:
+            await asyncio.wait((sending, answering), return_when=asyncio.FIRST_COMPLETED)
+            failure = sending.exception() if sending.done() else None
+            if not answering.done() and failure is not None \
+                    and not isinstance(failure, (grpc.RpcError, asyncio.InvalidStateError)):
+                # The client's body failed (bad signature, cut off, gone): nothing may be committed.
+                raise failure
+            # Everything was sent, or a write failed because the call ended, or the worker
+            # answered first: its answer decides.
+            try:
+                response = await answering
+            except grpc.RpcError as final:
+                raise await worker_error(final) from None
+            await sending
+            return response
+        except BaseException:
+            call.cancel()
+            await _cancelled(sending)
+            await _cancelled(answering)
+            raise
+
     async def head_object(self, request: web.Request, t: Target) -> web.Response:
         sse.reject_ssec(request.headers)
         meta = await self.backend.erasure.get_object_meta(t.bucket, t.key)
         try:
-            _check_conditions(request, meta)
-        except NotModified:
-            return web.Response(status=304, headers={"ETag": s3xml.quote_etag(meta.etag)})
+            Conditions.from_headers(request.headers).check(meta, resource=request.path)
+        except errors.NotModified:
+            return not_modified_response(meta)
         headers = object_headers(meta)
         headers["Content-Length"] = str(meta.size)
         return web.Response(status=200, headers=headers)
@@ -469,6 +504,10 @@ class S3Api:
         get = crypto_pb2.GetObjectRequest(bucket=t.bucket, key=t.key)
         if byte_range is not None:
             get.range.CopyFrom(byte_range)
+        conditions = Conditions.from_headers(request.headers)
+        if conditions:
+            # The worker checks them right after its metadata read: a 304 or 412 costs no kms call.
+            get.conditions.CopyFrom(conditions.to_proto())
         call = self.backend.crypto().GetObject(get)
         try:
             try:
@@ -478,11 +517,9 @@ class S3Api:
             if first is grpc.aio.EOF or not first.HasField("head"):
                 raise errors.InternalError("the crypto worker sent no object head")
             head = first.head
-            try:
-                _check_conditions(request, head.meta)
-            except NotModified:
+            if head.not_modified:
                 call.cancel()
-                return web.Response(status=304, headers={"ETag": s3xml.quote_etag(head.meta.etag)})
+                return not_modified_response(head.meta)
             headers = object_headers(head.meta)
             for param, header in RESPONSE_OVERRIDES.items():
                 if param in t.query:
@@ -516,6 +553,25 @@ class S3Api:
             return response
         await response.write_eof()
         return response
+
+
+def _typed(exc: BaseException) -> errors.SealstoreError:
+    """The typed error behind a failed worker call or write."""
+    if isinstance(exc, errors.SealstoreError):
+        return exc
+    if isinstance(exc, grpc.RpcError):
+        return _rpc(exc)
+    return errors.InternalError(f"the crypto worker call failed: {type(exc).__name__}")
+
+
+async def _cancelled(task: asyncio.Future) -> None:
+    """Cancels `task` and waits for it to end, whatever it ends with."""
+    if not task.done():
+        task.cancel()
+    try:
+        await task
+    except BaseException:
+        pass
 
 
 def _abort(request: web.Request) -> None:

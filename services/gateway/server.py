@@ -23,7 +23,7 @@ from sealstore.rpc import configure_logging
 from . import s3xml
 from .auth import Authenticator, Credentials
 from .limits import Limits
-from .s3api import S3Api
+from .s3api import CONTINUE_PENDING, S3Api
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +35,9 @@ enough for the client to read the answer, short enough that a refused 5 GiB uplo
 
 
 def error_response(request: web.Request, err: errors.SealstoreError, request_id: str) -> web.Response:
-    """The one place a typed error becomes an S3 error response (no body for HEAD)."""
+    """The one place a typed error becomes an S3 error response (no body for HEAD or a 304)."""
     headers = {"x-amz-request-id": request_id}
-    if request.method == "HEAD":
+    if request.method == "HEAD" or err.http_status == 304:
         response = web.Response(status=err.http_status, headers=headers)
     else:
         body = s3xml.error_document(err.code, err.message, err.resource or request.path, request_id)
@@ -92,7 +92,11 @@ def build_app(api: S3Api) -> web.Application:
     app = web.Application(middlewares=[s3_errors], client_max_size=MAX_REQUEST_BODY)
 
     async def expect_continue(request: web.Request):
-        """Refuses an oversized body before telling the client to send it (100-continue)."""
+        """Refuses an oversized body at once; otherwise the `100 Continue` is only owed.
+
+        The operation sends it (s3api.grant_continue) after authentication and its own checks,
+        so that a PUT to a missing bucket or naming a missing or disabled KMS key is answered
+        before the client sends its body."""
         try:
             api.precheck(request)
         except errors.SealstoreError as err:
@@ -104,8 +108,7 @@ def build_app(api: S3Api) -> web.Application:
             if request.headers.get("Expect", "").lower() != "100-continue":
                 return error_response(request, errors.InvalidRequest("Expect must be 100-continue"),
                                       uuid.uuid4().hex[:16].upper())
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            request.writer.output_size = 0
+            request[CONTINUE_PENDING] = True
         return None
 
     app.router.add_route("*", "/{tail:.*}", api.handle, expect_handler=expect_continue)
