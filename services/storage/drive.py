@@ -193,6 +193,7 @@ class Drive:
         self._index_stale = False
         """An index write failed: the next listing reconciles first."""
         self._reconcile_lock = threading.Lock()
+        self._layout_lock = threading.Lock()
         self._warned: dict[Path, tuple[int, int] | None] = {}
         """Bad metadata files already logged, with the size and mtime they had then."""
         self._check_format()
@@ -229,6 +230,12 @@ class Drive:
             raise errors.ServiceUnavailable(f"drive refused: {self.refusal}")
         if self.buckets.is_dir() and self.tmp.is_dir() and (self.identity is None or self.format_file.exists()):
             return
+        with self._layout_lock:
+            self._make_layout()
+
+    def _make_layout(self) -> None:
+        if self.buckets.is_dir() and self.tmp.is_dir() and (self.identity is None or self.format_file.exists()):
+            return  # another thread did it
         self.root.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(exist_ok=True)
         self.buckets.mkdir(exist_ok=True)
@@ -792,6 +799,8 @@ class Drive:
         vanished, rotted or names another object is dropped (see _listable_meta), so the index
         never lists what the files do not hold.
         """
+        if self.index is None:
+            raise errors.ServiceUnavailable(f"drive refused: {self.refusal}")
         self._existing_bucket_dir(bucket)
         self._index_ready.wait()
         if self._index_stale:

@@ -296,3 +296,13 @@ def test_drive_calls_run_off_the_event_loop(tmp_path, monkeypatch):
     meta, took, page = asyncio.run(scenario())
     assert meta.data_id == "v1" and [e.key for e in page.entries] == ["k"]
     assert took < 0.5
+
+
+def test_a_refused_drive_answers_listings_with_an_error_instead_of_waiting(tmp_path):
+    from sealstore import errors
+    from services.storage.drive import DriveIdentity
+    Drive(tmp_path / "d", DriveIdentity("deployment-a", 0, 0)).make_bucket("bkt", 1)
+    refused = Drive(tmp_path / "d", DriveIdentity("deployment-b", 0, 0))
+    assert refused.refusal
+    with pytest.raises(errors.ServiceUnavailable):
+        refused.list_objects("bkt", "", "", 0)
