@@ -14,13 +14,18 @@ The index is a cache of the meta.json files, never a source of truth:
 Why SQLite (standard library) rather than a sorted log of our own: ordered range scans by
 (bucket, key) with a B-tree, single-row upserts and deletes in place, WAL for concurrent
 readers, and crash safety of its own file, without writing a compaction. Writes use
-synchronous=NORMAL (no fsync per commit): a power loss may drop the last rows, which the
-reconcile at start restores from the meta.json files, which are fsynced.
+synchronous=OFF (no fsync per commit): a power loss may drop the last rows or leave the file
+unreadable; the reconcile at start restores the rows from the meta.json files, which are
+fsynced, and an unreadable file is recreated.
 
-Every method is thread-safe (one connection per drive, one lock around it).
+Every call opens its own short connection (one lock per drive around it) and closes it, with a
+rollback journal rather than WAL: between calls the node holds no file of the drive open for
+writing, so an operator (or a test) can remount the drive read-only, and a drive moved to another
+node carries no open state.
 """
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from pathlib import Path
@@ -47,22 +52,32 @@ class ListingIndex:
     def __init__(self, path: Path):
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._db = self._open()
+        with self._session() as db:  # creates or checks the file now, so a rotten one is found at start
+            db.execute("SELECT count(*) FROM objects WHERE bucket = ''").fetchone()
+
+    @contextlib.contextmanager
+    def _session(self):
+        with self._lock:
+            db = self._open()
+            try:
+                yield db
+            finally:
+                db.close()
 
     def _open(self) -> sqlite3.Connection:
         # Keys are stored as UTF-8 BLOBs: byte order is S3's listing order (and code point order).
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA journal_mode=DELETE")
+            db.execute("PRAGMA synchronous=OFF")
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, SCHEMA_VERSION):
                 raise sqlite3.DatabaseError(f"listing index schema {version}, expected {SCHEMA_VERSION}")
-            db.execute("CREATE TABLE IF NOT EXISTS objects (bucket TEXT NOT NULL, key BLOB NOT NULL, "
-                       "size INTEGER NOT NULL, etag TEXT NOT NULL, mtime_ns INTEGER NOT NULL, "
-                       "data_id TEXT NOT NULL, ident TEXT NOT NULL, PRIMARY KEY (bucket, key)) WITHOUT ROWID")
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            db.execute("SELECT count(*) FROM objects WHERE bucket = ''").fetchone()  # reads a page: fails if rotten
+            if version == 0:
+                db.execute("CREATE TABLE IF NOT EXISTS objects (bucket TEXT NOT NULL, key BLOB NOT NULL, "
+                           "size INTEGER NOT NULL, etag TEXT NOT NULL, mtime_ns INTEGER NOT NULL, "
+                           "data_id TEXT NOT NULL, ident TEXT NOT NULL, PRIMARY KEY (bucket, key)) WITHOUT ROWID")
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except BaseException:
             db.close()
             raise
@@ -81,67 +96,66 @@ class ListingIndex:
         return cls(path), reason
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        """Nothing stays open between calls; kept for callers that close what they open."""
 
     # ---- writes ---------------------------------------------------------------------------
 
     def put(self, bucket: str, row: Row) -> None:
-        with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?)",
+        with self._session() as db:
+            db.execute("INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?)",
                              (bucket, row.key.encode(), row.size, row.etag, row.mtime_ns, row.data_id, row.ident))
 
     def remove(self, bucket: str, key: str) -> None:
-        with self._lock:
-            self._db.execute("DELETE FROM objects WHERE bucket = ? AND key = ?", (bucket, key.encode()))
+        with self._session() as db:
+            db.execute("DELETE FROM objects WHERE bucket = ? AND key = ?", (bucket, key.encode()))
 
     def replace_if(self, bucket: str, key: str, expected_ident: str | None, row: Row | None) -> None:
         """Compare-and-swap for repairs made by a reader: only if the key's row still has
         `expected_ident` (None: there is no row), so that a commit or delete that updated the
         row meanwhile is never undone by a reader's older view."""
-        with self._lock, self._db:
+        with self._session() as db, db:
             if expected_ident is None:
                 if row is not None:
-                    self._db.execute("INSERT OR IGNORE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    db.execute("INSERT OR IGNORE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?)",
                                      (bucket, key.encode(), row.size, row.etag, row.mtime_ns, row.data_id, row.ident))
             elif row is None:
-                self._db.execute("DELETE FROM objects WHERE bucket = ? AND key = ? AND ident = ?",
+                db.execute("DELETE FROM objects WHERE bucket = ? AND key = ? AND ident = ?",
                                  (bucket, key.encode(), expected_ident))
             else:
-                self._db.execute("UPDATE objects SET size = ?, etag = ?, mtime_ns = ?, data_id = ?, ident = ? "
+                db.execute("UPDATE objects SET size = ?, etag = ?, mtime_ns = ?, data_id = ?, ident = ? "
                                  "WHERE bucket = ? AND key = ? AND ident = ?",
                                  (row.size, row.etag, row.mtime_ns, row.data_id, row.ident, bucket, key.encode(),
                                   expected_ident))
 
     def replace_many(self, bucket: str, changes: Iterable[tuple[str, str | None, Row | None]]) -> None:
         """replace_if for each (key, expected_ident, row), in one transaction."""
-        with self._lock, self._db:
-            self._db.execute("BEGIN")
+        with self._session() as db, db:
+            db.execute("BEGIN")
             for key, expected, row in changes:
                 k = key.encode()
                 if expected is None:
                     if row is not None:
-                        self._db.execute("INSERT OR IGNORE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        db.execute("INSERT OR IGNORE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?)",
                                          (bucket, k, row.size, row.etag, row.mtime_ns, row.data_id, row.ident))
                 elif row is None:
-                    self._db.execute("DELETE FROM objects WHERE bucket = ? AND key = ? AND ident = ?",
+                    db.execute("DELETE FROM objects WHERE bucket = ? AND key = ? AND ident = ?",
                                      (bucket, k, expected))
                 else:
-                    self._db.execute("UPDATE objects SET size = ?, etag = ?, mtime_ns = ?, data_id = ?, ident = ? "
+                    db.execute("UPDATE objects SET size = ?, etag = ?, mtime_ns = ?, data_id = ?, ident = ? "
                                      "WHERE bucket = ? AND key = ? AND ident = ?",
                                      (row.size, row.etag, row.mtime_ns, row.data_id, row.ident, bucket, k, expected))
 
     def drop_bucket(self, bucket: str) -> None:
-        with self._lock:
-            self._db.execute("DELETE FROM objects WHERE bucket = ?", (bucket,))
+        with self._session() as db:
+            db.execute("DELETE FROM objects WHERE bucket = ?", (bucket,))
 
     # ---- reads ----------------------------------------------------------------------------
 
     def page(self, bucket: str, prefix: str, after: str, limit: int) -> list[Row]:
         """Up to `limit` rows with key > `after` and key >= `prefix`, in key order (rows past the
         prefix's range may follow: the caller stops at the first key without the prefix)."""
-        with self._lock:
-            cursor = self._db.execute(
+        with self._session() as db:
+            cursor = db.execute(
                 "SELECT key, size, etag, mtime_ns, data_id, ident FROM objects "
                 "WHERE bucket = ? AND key > ? AND key >= ? ORDER BY key LIMIT ?",
                 (bucket, after.encode(), prefix.encode(), limit))
@@ -149,14 +163,14 @@ class ListingIndex:
 
     def idents(self, bucket: str) -> dict[str, str]:
         """key -> ident of every row of the bucket (for the reconcile)."""
-        with self._lock:
-            rows = self._db.execute("SELECT key, ident FROM objects WHERE bucket = ?", (bucket,)).fetchall()
+        with self._session() as db:
+            rows = db.execute("SELECT key, ident FROM objects WHERE bucket = ?", (bucket,)).fetchall()
         return {k.decode(): ident for k, ident in rows}
 
     def buckets(self) -> set[str]:
-        with self._lock:
-            return {b for (b,) in self._db.execute("SELECT DISTINCT bucket FROM objects").fetchall()}
+        with self._session() as db:
+            return {b for (b,) in db.execute("SELECT DISTINCT bucket FROM objects").fetchall()}
 
     def count(self) -> int:
-        with self._lock:
-            return self._db.execute("SELECT count(*) FROM objects").fetchone()[0]
+        with self._session() as db:
+            return db.execute("SELECT count(*) FROM objects").fetchone()[0]
