@@ -805,6 +805,22 @@ class Drive:
         self._index_ready.wait()
         if self._index_stale:
             self._reconcile_index()
+        try:
+            return self._list_page(bucket, prefix, start_after, max_keys)
+        except sqlite3.DatabaseError as exc:
+            # The index file rotted while we ran (it is written without fsync): rebuild it from
+            # the metadata files rather than fail every listing until the next start.
+            log.warning("drive %s: listing index unreadable (%s); rebuilding it", self.root, exc)
+            with self._layout_lock:
+                self.index.close()
+                for suffix in ("", "-journal", "-wal", "-shm"):
+                    Path(f"{self.index.path}{suffix}").unlink(missing_ok=True)
+                self.index = None
+                self._open_index(background=False)
+            return self._list_page(bucket, prefix, start_after, max_keys)
+
+    def _list_page(self, bucket: str, prefix: str, start_after: str,
+                   max_keys: int) -> tuple[list[storage_pb2.ObjectEntry], bool]:
         max_keys = max_keys or DEFAULT_MAX_KEYS
         objects = self.buckets / bucket / "objects"
         entries: list[storage_pb2.ObjectEntry] = []

@@ -12,8 +12,8 @@ The index is a cache of the meta.json files, never a source of truth:
   by the next reconcile (at start, or before the next listing after a failed write).
 
 Why SQLite (standard library) rather than a sorted log of our own: ordered range scans by
-(bucket, key) with a B-tree, single-row upserts and deletes in place, WAL for concurrent
-readers, and crash safety of its own file, without writing a compaction. Writes use
+(bucket, key) with a B-tree, single-row upserts and deletes in place, and crash safety of
+its own file, without writing a compaction. Writes use
 synchronous=OFF (no fsync per commit): a power loss may drop the last rows or leave the file
 unreadable; the reconcile at start restores the rows from the meta.json files, which are
 fsynced, and an unreadable file is recreated.

@@ -306,3 +306,14 @@ def test_a_refused_drive_answers_listings_with_an_error_instead_of_waiting(tmp_p
     assert refused.refusal
     with pytest.raises(errors.ServiceUnavailable):
         refused.list_objects("bkt", "", "", 0)
+
+
+def test_an_index_file_that_rots_while_the_node_runs_is_rebuilt_by_the_next_listing(drive, caplog):
+    for key in ("a", "b", "c"):
+        commit_inline(drive, "bkt", key, "v-" + key)
+    drive.index.path.write_bytes(b"\x00garbage" * 512)
+    with caplog.at_level(logging.WARNING, logger="services.storage.drive"):
+        assert listed(drive)[0] == [("a", "v-a"), ("b", "v-b"), ("c", "v-c")]
+    assert "listing index unreadable" in caplog.text
+    commit_inline(drive, "bkt", "d", "v-d")
+    assert keys_of(drive) == ["a", "b", "c", "d"]
