@@ -4,8 +4,11 @@ wiped drive with no read and no command, and `sealstore admin heal` asks the ser
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
+import time
 from pathlib import Path
 
 from tests.cluster.harness import start_cluster, stop_cluster
@@ -37,8 +40,17 @@ def test_the_scanner_repairs_a_wiped_drive_by_itself(tmp_path):
         for key, body in objects.items():
             s3.put_object(Bucket="scanned", Key=key, Body=body)
         wiped = drives(c)[1]
-        _wipe(wiped)
-        assert not any(_sound_on(c, wiped, "scanned", k) for k in objects)
+        # The scanner walks every second: hold it while the drive is wiped and checked, so that a
+        # walk can neither race the wipe nor repair a copy before the check below sees it gone.
+        heal_pid = next(s["pid"] for s in json.loads((c.data / "cluster.json").read_text())["services"]
+                        if s["role"] == "heal")
+        os.kill(heal_pid, signal.SIGSTOP)
+        try:
+            time.sleep(0.5)  # a shard stream the scanner had open settles before the wipe
+            _wipe(wiped)
+            assert not any(_sound_on(c, wiped, "scanned", k) for k in objects)
+        finally:
+            os.kill(heal_pid, signal.SIGCONT)
         # No GET, no command: only the scanner can bring the copies back.
         wait_until(lambda: all(_sound_on(c, wiped, "scanned", k) for k in objects), timeout=90,
                    what="the scanner rebuilding the wiped drive")
