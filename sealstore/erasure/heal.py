@@ -334,7 +334,7 @@ async def heal_buckets(store: ErasureSetClient, only: str = "", dry_run: bool = 
     return [i.name for i in infos], healed
 
 
-class _Pace:
+class Pace:
     """At most `rate` calls of wait() per second (no limit when rate <= 0)."""
 
     def __init__(self, rate: float):
@@ -358,14 +358,14 @@ async def heal_all(store: "ErasureSetClient | ErasureSets", bucket: str = "", *,
     `rate` > 0 bounds the walk to that many objects per second (a background scan that must
     not compete with client traffic)."""
     report = HealReport()
-    pace = _Pace(rate)
+    pace = Pace(rate)
     for one in store.sets:
         report.add(await _heal_set(one, bucket, dry_run=dry_run, deep=deep, grace_s=grace_s, pace=pace))
     return report
 
 
 async def _heal_set(store: ErasureSetClient, bucket: str, *, dry_run: bool, deep: bool, grace_s: float,
-                    pace: _Pace) -> HealReport:
+                    pace: Pace) -> HealReport:
     report = HealReport()
     names, report.buckets_healed = await heal_buckets(store, bucket, dry_run)
     for name in names:

@@ -62,22 +62,6 @@ class ScannerSettings:
         return settings
 
 
-class _Pace:
-    """At most `rate` objects per second (no limit when rate <= 0)."""
-
-    def __init__(self, rate: float):
-        self.interval = 1.0 / rate if rate > 0 else 0.0
-        self.next = time.monotonic()
-
-    async def wait(self) -> None:
-        if not self.interval:
-            return
-        now = time.monotonic()
-        if self.next > now:
-            await asyncio.sleep(self.next - now)
-        self.next = max(now, self.next) + self.interval
-
-
 COUNT_FIELDS = ("buckets_healed", "objects_scanned", "objects_healed", "shards_rebuilt", "shards_failed",
                 "unrecoverable", "dangling_removed", "orphans_removed", "skipped")
 
@@ -158,7 +142,7 @@ class Healer:
         return run
 
     async def _walk(self, run: HealRun) -> None:
-        pace = _Pace(run.rate)
+        pace = heal_logic.Pace(run.rate)
         try:
             for one in self.store.sets:
                 names, healed = await heal_logic.heal_buckets(one, run.bucket, run.dry_run)
@@ -183,7 +167,7 @@ class Healer:
                      run.id, run.state, c["objects_scanned"], c["objects_healed"], c["shards_rebuilt"],
                      c["shards_failed"], c["unrecoverable"], f" ({run.error})" if run.error else "")
 
-    async def _walk_bucket(self, one, name: str, run: HealRun, pace: _Pace) -> None:
+    async def _walk_bucket(self, one, name: str, run: HealRun, pace: "heal_logic.Pace") -> None:
         keys: set[str] = set()
         listings = await asyncio.gather(*(one.member_keys(i, name) for i in range(len(one.members))),
                                         return_exceptions=True)
