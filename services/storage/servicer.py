@@ -108,6 +108,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
 
     async def WriteShard(self, request_iterator, context):
         writer: ShardWriter | None = None
+        opening: asyncio.Future | None = None
         in_flight: asyncio.Future | None = None
         loop = asyncio.get_running_loop()
         try:
@@ -117,7 +118,8 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
                     if writer is not None:
                         raise errors.InvalidRequest("WriteShard got a second header")
                     h = request.header
-                    writer = await _in_thread(self.node.drive(h.drive).open_upload, h.upload_id, h.bucket)
+                    opening = loop.run_in_executor(None, self.node.drive(h.drive).open_upload, h.upload_id, h.bucket)
+                    writer = await asyncio.shield(opening)
                 elif kind == "block":
                     if writer is None:
                         raise errors.InvalidRequest("WriteShard must start with a header")
@@ -128,7 +130,12 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
             blocks, nbytes = await _in_thread(writer.finish)
             return storage_pb2.WriteShardResponse(blocks=blocks, bytes=nbytes)
         except BaseException:
-            # A broken stream (client gone, cancelled, bad block) must not leave a tmp shard.
+            # A broken stream (client gone, cancelled, bad block) must not leave a tmp shard, not
+            # even one whose file was being created in a thread when the stream was cancelled.
+            if writer is None and opening is not None:
+                await asyncio.wait([opening])
+                if not opening.cancelled() and opening.exception() is None:
+                    writer = opening.result()
             if writer is not None:
                 if in_flight is not None and not in_flight.done():
                     # A cancelled await does not stop the thread: closing the file under a
