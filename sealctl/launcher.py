@@ -40,8 +40,8 @@ STABLE_AFTER = 60.0
 """A service that stayed up this long before it died starts again after the first backoff."""
 
 # glibc hands every freed block >= 128 KiB back to the OS; the next 1 MiB stripe then pays
-# page faults again. Raising the thresholds made erasure coding 3-5x faster here
-# (shared/reference/performance.md).
+# page faults again. Raising the thresholds made erasure coding 3-5x faster here (measured on
+# these 2-core machines with bench/bench_erasure.py's library-only encode).
 # The price is freed memory kept resident in every thread arena: two arenas and a periodic
 # malloc_trim (sealstore/memory.py) keep RSS flat under load.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "268435456",

@@ -369,17 +369,26 @@ async def _heal_set(store: ErasureSetClient, bucket: str, *, dry_run: bool, deep
     report = HealReport()
     names, report.buckets_healed = await heal_buckets(store, bucket, dry_run)
     for name in names:
-        keys: set[str] = set()
-        listings = await asyncio.gather(*(store.member_keys(i, name) for i in range(len(store.members))),
-                                        return_exceptions=True)
-        for listing in listings:
-            if not isinstance(listing, BaseException):
-                keys.update(e.key for e in listing)
-        for key in sorted(keys):
-            await pace.wait()
-            try:
-                report.add(await heal_object(store, name, key, deep=deep, dry_run=dry_run, grace_s=grace_s))
-            except errors.SealstoreError as err:
-                report.add(HealReport(objects_scanned=1, unrecoverable=1, details=[f"{name}/{key}: {err.message}"]))
-                HEAL_OBJECTS.labels("unrecoverable").inc()
+        async for one in heal_bucket_objects(store, name, deep=deep, dry_run=dry_run, grace_s=grace_s, pace=pace):
+            report.add(one)
     return report
+
+
+async def heal_bucket_objects(store: ErasureSetClient, bucket: str, *, deep: bool, dry_run: bool,
+                              pace: Pace, grace_s: float = DANGLING_GRACE_S):
+    """Heals every object of `bucket` that any member of the set lists, in key order, at the
+    pace's rate; yields one HealReport per object (an object that cannot be healed is counted
+    unrecoverable, and the walk goes on)."""
+    keys: set[str] = set()
+    listings = await asyncio.gather(*(store.member_keys(i, bucket) for i in range(len(store.members))),
+                                    return_exceptions=True)
+    for listing in listings:
+        if not isinstance(listing, BaseException):
+            keys.update(e.key for e in listing)
+    for key in sorted(keys):
+        await pace.wait()
+        try:
+            yield await heal_object(store, bucket, key, deep=deep, dry_run=dry_run, grace_s=grace_s)
+        except errors.SealstoreError as err:
+            HEAL_OBJECTS.labels("unrecoverable").inc()
+            yield HealReport(objects_scanned=1, unrecoverable=1, details=[f"{bucket}/{key}: {err.message}"])

@@ -168,19 +168,8 @@ class Healer:
                      c["shards_failed"], c["unrecoverable"], f" ({run.error})" if run.error else "")
 
     async def _walk_bucket(self, one, name: str, run: HealRun, pace: "heal_logic.Pace") -> None:
-        keys: set[str] = set()
-        listings = await asyncio.gather(*(one.member_keys(i, name) for i in range(len(one.members))),
-                                        return_exceptions=True)
-        for listing in listings:
-            if not isinstance(listing, BaseException):
-                keys.update(e.key for e in listing)
-        for key in sorted(keys):
-            await pace.wait()
-            try:
-                report = await heal_logic.heal_object(one, name, key, deep=not run.quick, dry_run=run.dry_run)
-            except errors.SealstoreError as err:
-                report = heal_logic.HealReport(objects_scanned=1, unrecoverable=1, details=[f"{name}/{key}: {err.message}"])
-                heal_logic.HEAL_OBJECTS.labels("unrecoverable").inc()
+        async for report in heal_logic.heal_bucket_objects(one, name, deep=not run.quick, dry_run=run.dry_run,
+                                                           pace=pace):
             run.add(report)
 
     # ------------------------------------------------------------ scanner
