@@ -47,8 +47,12 @@ POLICY_TABLES: dict[str, dict[str, frozenset[str]]] = {
         # What the S3 front does itself through the quorum client: bucket operations (with their
         # undo: DeleteBucket after a failed MakeBucket, MakeBucket + SetBucketEncryption after a
         # failed DeleteBucket), HEAD, LIST and DELETE of objects. Never shard bytes.
+        # Multipart: listing uploads and parts, abort (a prefix delete in `.multipart`) and complete
+        # (CompleteMultipart moves the parts' shards; no shard bytes pass through the gateway).
+        # Object tags and bucket policy/tags are metadata.
         "gateway": frozenset({"MakeBucket", "GetBucket", "ListBuckets", "DeleteBucket", "SetBucketEncryption",
-                              "GetObjectMeta", "ListObjects", "DeleteObject"}),
+                              "GetObjectMeta", "ListObjects", "DeleteObject", "CompleteMultipart",
+                              "UpdateObjectTags", "UpdateBucket"}),
         # PUT (bucket check, shards, commit, abort, conditional undo delete), GET (metadata, shards)
         # and heal on read (CheckShard, rebuild, and MakeBucket + SetBucketEncryption to restore a
         # bucket on a replaced drive, copied from the quorum's bucket info).
@@ -70,7 +74,7 @@ POLICY_TABLES: dict[str, dict[str, frozenset[str]]] = {
     },
     "crypto": {
         # Only the gateway gets plaintext out of (or puts plaintext into) the worker.
-        "gateway": frozenset({"PutObject", "GetObject"}),
+        "gateway": frozenset({"PutObject", "GetObject", "CreateMultipartUpload", "CopyObject"}),
         "crypto": _NOTHING,
         "admin": _NOTHING,
         "heal": _NOTHING,

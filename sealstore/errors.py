@@ -82,6 +82,29 @@ _TABLE = [
     ("InvalidRange", "InvalidRange", 416, SC.OUT_OF_RANGE, "The requested range is not satisfiable"),
     ("MethodNotAllowed", "MethodNotAllowed", 405, SC.UNIMPLEMENTED, "The specified method is not allowed against this resource."),
     ("NotImplemented", "NotImplemented", 501, SC.UNIMPLEMENTED, "A header you provided implies functionality that is not implemented."),
+    # Multipart (AWS's codes and statuses).
+    ("EntityTooSmall", "EntityTooSmall", 400, SC.INVALID_ARGUMENT,
+     "Your proposed upload is smaller than the minimum allowed object size."),
+    ("InvalidPart", "InvalidPart", 400, SC.INVALID_ARGUMENT,
+     "One or more of the specified parts could not be found. The part may not have been uploaded, or the specified entity tag may not match the part's entity tag."),
+    ("InvalidPartOrder", "InvalidPartOrder", 400, SC.INVALID_ARGUMENT,
+     "The list of parts was not in ascending order. The parts list must be specified in order by part number."),
+    ("NoSuchUpload", "NoSuchUpload", 404, SC.NOT_FOUND,
+     "The specified multipart upload does not exist. The upload ID may be invalid, or the upload may have been aborted or completed."),
+    # Bucket policy, tagging, browser POST.
+    ("NoSuchBucketPolicy", "NoSuchBucketPolicy", 404, SC.NOT_FOUND, "The bucket policy does not exist"),
+    ("MalformedPolicy", "MalformedPolicy", 400, SC.INVALID_ARGUMENT, "Policies must be valid JSON and the first byte must be '{'"),
+    ("NoSuchTagSet", "NoSuchTagSet", 404, SC.NOT_FOUND, "The TagSet does not exist"),
+    ("InvalidTag", "InvalidTag", 400, SC.INVALID_ARGUMENT, "The tag provided was not a valid tag."),
+    ("MalformedPOSTRequest", "MalformedPOSTRequest", 400, SC.INVALID_ARGUMENT,
+     "The body of your POST request is not well-formed multipart/form-data."),
+    ("InvalidPolicyDocument", "InvalidPolicyDocument", 400, SC.INVALID_ARGUMENT,
+     "The content of the form does not meet the conditions specified in the policy document."),
+    ("EntityTooSmallForPolicy", "EntityTooSmall", 400, SC.INVALID_ARGUMENT,
+     "Your proposed upload is smaller than the minimum allowed size"),
+    # SSE-C: the customer key given does not open the object (AWS answers 403 AccessDenied).
+    ("CustomerKeyMismatch", "AccessDenied", 403, SC.PERMISSION_DENIED,
+     "The provided customer key does not match the key the object was encrypted with."),
     ("ServerSideEncryptionConfigurationNotFoundError", "ServerSideEncryptionConfigurationNotFoundError", 404, SC.NOT_FOUND,
      "The server side encryption configuration was not found"),
     ("ObjectTampered", "XSealstoreObjectTampered", 500, SC.DATA_LOSS, "The object's stored data failed authentication."),
@@ -147,6 +170,18 @@ NotModified = ERRORS_BY_NAME["NotModified"]
 MethodNotAllowed = ERRORS_BY_NAME["MethodNotAllowed"]
 NotImplementedS3 = ERRORS_BY_NAME["NotImplemented"]
 ServerSideEncryptionConfigurationNotFoundError = ERRORS_BY_NAME["ServerSideEncryptionConfigurationNotFoundError"]
+EntityTooSmall = ERRORS_BY_NAME["EntityTooSmall"]
+InvalidPart = ERRORS_BY_NAME["InvalidPart"]
+InvalidPartOrder = ERRORS_BY_NAME["InvalidPartOrder"]
+NoSuchUpload = ERRORS_BY_NAME["NoSuchUpload"]
+NoSuchBucketPolicy = ERRORS_BY_NAME["NoSuchBucketPolicy"]
+MalformedPolicy = ERRORS_BY_NAME["MalformedPolicy"]
+NoSuchTagSet = ERRORS_BY_NAME["NoSuchTagSet"]
+InvalidTag = ERRORS_BY_NAME["InvalidTag"]
+MalformedPOSTRequest = ERRORS_BY_NAME["MalformedPOSTRequest"]
+InvalidPolicyDocument = ERRORS_BY_NAME["InvalidPolicyDocument"]
+EntityTooSmallForPolicy = ERRORS_BY_NAME["EntityTooSmallForPolicy"]
+CustomerKeyMismatch = ERRORS_BY_NAME["CustomerKeyMismatch"]
 ObjectTampered = ERRORS_BY_NAME["ObjectTampered"]
 KMSNotFound = ERRORS_BY_NAME["KMSNotFound"]
 KMSDisabled = ERRORS_BY_NAME["KMSDisabled"]

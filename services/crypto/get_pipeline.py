@@ -29,6 +29,7 @@ from sealstore.erasure.streams import StripeReader
 from sealstore.v1 import types_pb2
 from services.crypto import dare, keys
 from services.crypto.kms_client import KmsClient
+from services.crypto.sealing import unseal_object_key
 
 log = logging.getLogger(__name__)
 
@@ -228,26 +229,3 @@ def check_names(meta: types_pb2.ObjectMeta, bucket: str, key: str) -> None:
     if meta.bucket != bucket or meta.key != key:
         raise errors.ObjectTampered(f"{bucket}/{key}: the stored metadata names another object",
                                     resource=key)
-
-
-async def unseal_object_key(kms: KmsClient, meta: types_pb2.ObjectMeta, bucket: str, key: str) -> bytearray:
-    """kms Decrypt of the DEK, then the OEK from the sealed key, both bound to the requested
-    `bucket`/`key`. A DEK of another object is refused by the kms (KMSInvalidCiphertext: the
-    kms cannot tell it from a key deleted and created again, so its error stands)."""
-    enc = meta.encryption
-    if enc.seal_algorithm != keys.SEAL_ALGORITHM or enc.domain != keys.DOMAIN_SSE_KMS:
-        raise errors.NotImplementedS3(f"{bucket}/{key} uses unsupported sealing "
-                                      f"{enc.seal_algorithm!r}/{enc.domain!r}")
-    try:
-        dare.cipher_id(enc.cipher)
-    except ValueError:
-        raise errors.NotImplementedS3(f"{bucket}/{key} uses unsupported cipher {enc.cipher!r}") from None
-    aad = keys.kms_context(bucket, key, keys.parse_context_json(enc.context_json))
-    dek = bytearray(await kms.decrypt(enc.kms_key_name, enc.encrypted_dek, aad))
-    try:
-        ctx = keys.SealContext(bucket, key, bytes(enc.iv), domain=enc.domain, algorithm=enc.seal_algorithm)
-        return keys.unseal_oek(dek, enc.sealed_oek, ctx)
-    except ValueError:
-        raise errors.ObjectTampered(f"{bucket}/{key}: malformed encryption envelope") from None
-    finally:
-        keys.zero(dek)

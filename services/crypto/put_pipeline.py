@@ -15,7 +15,7 @@ import hashlib
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import AsyncIterator
 
 import xxhash
@@ -32,7 +32,6 @@ from services.crypto.kms_client import KmsClient
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-ENVELOPE_FORMAT_VERSION = 1
 PACKAGES_PER_STRIPE = 16
 STRIPE_SIZE = PACKAGES_PER_STRIPE * dare.MAX_PACKAGE  # 1,049,088
 """Stored bytes per stripe: whole DARE packages, so a range read decodes whole packages."""
@@ -45,24 +44,11 @@ def stored_inline(header: "PutHeader", data_shards: int) -> bool:
     """Whether the object (of announced size) goes inline; unknown sizes are streamed."""
     if header.content_length < 0:
         return False
-    stored = dare.encrypted_size(header.content_length) if header.sse_kms is not None else header.content_length
+    stored = dare.encrypted_size(header.content_length) if header.encrypted else header.content_length
     return stored <= STRIPE_SIZE and -(-stored // data_shards) <= INLINE_SHARD_LIMIT
 
 
-@dataclass(frozen=True)
-class SseKms:
-    key_name: str
-    context: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class PutHeader:
-    bucket: str
-    key: str
-    content_type: str = ""
-    user_metadata: dict[str, str] = field(default_factory=dict)
-    sse_kms: SseKms | None = None
-    content_length: int = -1
+from services.crypto.sealing import PartTarget, PutHeader, Sealing, SseKms, seal_new_object  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -103,45 +89,13 @@ class StripeBuffer:
         return stripe
 
 
-@dataclass
-class _Sealing:
-    """What SSE-KMS puts into the envelope, and the OEK to encrypt with."""
-
-    oek: bytearray
-    envelope: types_pb2.EncryptionEnvelope
-
-
-async def _seal_new_object(kms: KmsClient, header: PutHeader, cipher: int) -> _Sealing:
-    sse = header.sse_kms
-    assert sse is not None
-    if not sse.key_name:
-        raise errors.KMSInvalidKeyName("SSE-KMS needs a key name")
-    aad = keys.kms_context(header.bucket, header.key, sse.context)
-    dek_plain, dek_ciphertext, key_version = await kms.generate_versioned_key(sse.key_name, aad)
-    dek = bytearray(dek_plain)
-    del dek_plain
-    try:
-        iv = keys.generate_iv()
-        oek = keys.generate_oek(dek)
-        ctx = keys.SealContext(header.bucket, header.key, iv)
-        sealed = keys.seal_oek(dek, oek, ctx, cipher=cipher)
-    finally:
-        keys.zero(dek)
-    envelope = types_pb2.EncryptionEnvelope(
-        format_version=ENVELOPE_FORMAT_VERSION, seal_algorithm=keys.SEAL_ALGORITHM,
-        cipher=dare.CIPHER_NAMES[cipher], kms_key_name=sse.key_name, encrypted_dek=dek_ciphertext,
-        sealed_oek=sealed, iv=iv, context_json=keys.canonical_context_json(sse.context) if sse.context else "",
-        domain=keys.DOMAIN_SSE_KMS, kms_key_version=key_version)
-    return _Sealing(oek, envelope)
-
-
 async def put_object(store: ErasureSetClient | ErasureSets, kms: KmsClient, header: PutHeader,
                      body: AsyncIterator[bytes | BodyEnd], *,
                      cipher: int = dare.AES_256_GCM) -> types_pb2.ObjectMeta:
     """Stores the object in its erasure set; returns its committed metadata."""
     store = store.set_for(header.bucket, header.key)
     await store.get_bucket(header.bucket, for_write=True)
-    sealing = await _seal_new_object(kms, header, cipher) if header.sse_kms is not None else None
+    sealing = await seal_new_object(kms, header, cipher) if header.encrypted else None
     coder = StripeCoder(store.data_shards, store.parity_shards)
     upload_id = uuid.uuid4().hex
     inline = stored_inline(header, store.data_shards)
@@ -174,7 +128,7 @@ class _Stored:
 
 
 async def _stream_body(body: AsyncIterator[bytes | BodyEnd], header: PutHeader, fanout: ShardFanout,
-                       coder: StripeCoder, sealing: _Sealing | None, cipher: int) -> _Stored:
+                       coder: StripeCoder, sealing: Sealing | None, cipher: int) -> _Stored:
     stripes = StripeBuffer()
     encryptor = dare.DareEncryptor(sealing.oek, cipher=cipher) if sealing else None
     # SSE-KMS objects get no MD5 ETag (as AWS and MinIO); xxh3-128 of the ciphertext is cheap.
@@ -220,7 +174,7 @@ async def _stream_body(body: AsyncIterator[bytes | BodyEnd], header: PutHeader, 
 
 
 def _object_meta(header: PutHeader, upload_id: str, stored: _Stored, coder: StripeCoder,
-                 sealing: _Sealing | None) -> types_pb2.ObjectMeta:
+                 sealing: Sealing | None) -> types_pb2.ObjectMeta:
     meta = types_pb2.ObjectMeta(
         format_version=FORMAT_VERSION, bucket=header.bucket, key=header.key, data_id=upload_id,
         size=stored.plain_size, stored_size=stored.stored_size, etag=stored.etag, mtime_ns=time.time_ns(),

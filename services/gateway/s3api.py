@@ -22,7 +22,7 @@ from sealstore import errors, sigv4
 from sealstore.conditions import Conditions
 from sealstore.v1 import crypto_pb2, types_pb2
 
-from . import s3xml, sse
+from . import bucket_config, copy, multipart, post_object, s3xml, sse
 from .auth import Authenticator, Identity
 from .backend import Backend
 from .body import MAX_OBJECT_SIZE, body_from_request
@@ -37,10 +37,10 @@ _IP_LIKE = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
 # Sub-resources S3 defines that this gateway does not implement (anything else in the query is ignored,
 # e.g. botocore's `x-id`).
 UNSUPPORTED_SUBRESOURCES = frozenset({
-    "accelerate", "acl", "analytics", "attributes", "cors", "intelligent-tiering", "inventory", "legal-hold",
-    "lifecycle", "logging", "metrics", "notification", "object-lock", "ownershipControls", "partNumber",
-    "policy", "policyStatus", "publicAccessBlock", "replication", "requestPayment", "restore", "retention",
-    "select", "tagging", "torrent", "uploadId", "uploads", "versionId", "versioning", "versions", "website",
+    "accelerate", "analytics", "attributes", "cors", "intelligent-tiering", "inventory", "legal-hold",
+    "lifecycle", "logging", "metrics", "notification", "object-lock", "ownershipControls",
+    "policyStatus", "publicAccessBlock", "replication", "requestPayment", "restore", "retention",
+    "select", "torrent", "website",
 })
 RESPONSE_OVERRIDES = {
     "response-content-type": "Content-Type", "response-content-language": "Content-Language",
@@ -243,27 +243,71 @@ class S3Api:
                 return await self.list_buckets()
             raise errors.MethodNotAllowed()
         if not t.key:
-            if "encryption" in t.query:
-                return await self.bucket_encryption(request, identity, t)
-            if "location" in t.query and method == "GET":
-                await self.backend.bucket(t.bucket)
-                return _xml(s3xml.location_constraint())
-            if "delete" in t.query and method == "POST":
-                return await self.delete_objects(request, identity, t)
-            if method == "PUT":
-                return await self.create_bucket(request, identity, t)
-            if method == "HEAD":
-                await self.backend.erasure.get_bucket(t.bucket)
-                return web.Response(status=200)
-            if method == "DELETE":
-                await self.backend.erasure.delete_bucket(t.bucket)
-                self.backend.forget_bucket(t.bucket)
-                return web.Response(status=204)
-            if method == "GET":
-                return await self.list_objects(t)
-            raise errors.MethodNotAllowed()
+            return await self.bucket_operation(request, identity, t)
         validate_key(t.key)
+        return await self.object_operation(request, identity, t)
+
+    async def bucket_operation(self, request: web.Request, identity: Identity, t: Target) -> web.StreamResponse:
+        method, q = request.method, t.query
+        if "encryption" in q:
+            return await self.bucket_encryption(request, identity, t)
+        if "policy" in q:
+            return await bucket_config.bucket_policy(self, request, identity, t)
+        if "tagging" in q:
+            return await bucket_config.bucket_tagging(self, request, identity, t)
+        if "acl" in q:
+            return await bucket_config.bucket_acl(self, request, identity, t)
+        if "versioning" in q:
+            return await bucket_config.bucket_versioning(self, request, identity, t)
+        if "versions" in q and method == "GET":
+            return await bucket_config.list_object_versions(self, request, identity, t)
+        if "uploads" in q and method == "GET":
+            return await multipart.list_uploads(self, request, identity, t)
+        if "location" in q and method == "GET":
+            await self.backend.bucket(t.bucket)
+            return _xml(s3xml.location_constraint())
+        if "delete" in q and method == "POST":
+            return await self.delete_objects(request, identity, t)
+        if method == "POST":
+            return await post_object.post_object(self, request, identity, t)
         if method == "PUT":
+            return await self.create_bucket(request, identity, t)
+        if method == "HEAD":
+            await self.backend.erasure.get_bucket(t.bucket)
+            return web.Response(status=200)
+        if method == "DELETE":
+            await self.backend.erasure.delete_bucket(t.bucket)
+            self.backend.forget_bucket(t.bucket)
+            return web.Response(status=204)
+        if method == "GET":
+            return await self.list_objects(t)
+        raise errors.MethodNotAllowed()
+
+    async def object_operation(self, request: web.Request, identity: Identity, t: Target) -> web.StreamResponse:
+        method, q = request.method, t.query
+        if "uploads" in q:
+            if method == "POST":
+                return await multipart.create_upload(self, request, identity, t)
+            raise errors.MethodNotAllowed()
+        if "uploadId" in q:
+            if method == "PUT":
+                if "x-amz-copy-source" in request.headers:
+                    return await copy.upload_part_copy(self, request, identity, t)
+                return await multipart.upload_part(self, request, identity, t)
+            if method == "POST":
+                return await multipart.complete_upload(self, request, identity, t)
+            if method == "GET":
+                return await multipart.list_parts(self, request, identity, t)
+            if method == "DELETE":
+                return await multipart.abort_upload(self, request, identity, t)
+            raise errors.MethodNotAllowed()
+        if "tagging" in q:
+            return await bucket_config.object_tagging(self, request, identity, t)
+        if "acl" in q:
+            return await bucket_config.object_acl(self, request, identity, t)
+        if method == "PUT":
+            if "x-amz-copy-source" in request.headers:
+                return await copy.copy_object(self, request, identity, t)
             return await self.put_object(request, identity, t)
         if method == "GET":
             return await self.get_object(request, t)
@@ -405,8 +449,6 @@ class S3Api:
 
     async def put_object(self, request: web.Request, identity: Identity, t: Target) -> web.Response:
         headers = request.headers
-        if "x-amz-copy-source" in headers:
-            raise errors.NotImplementedS3("CopyObject is not implemented")
         requested = sse.requested_encryption(headers)  # header errors before any backend call
         body = body_from_request(request.content, headers, identity.payload_hash, identity.chain,
                                  read_timeout=self.limits.body_timeout)

@@ -127,7 +127,7 @@ def test_failed_auth_bursts_get_slowdown_and_one_log_line(caplog):
             request = signed_head("GET", port, "/bucket/key").replace(b"Signature=", b"Signature=0")
             statuses.append(status_and_code(await raw_exchange(port, request, timeout=2))[0])
         await asyncio.sleep(1.2)  # earns two tokens back
-        good = signed_head("GET", port, "/bucket/key?policy")
+        good = signed_head("GET", port, "/bucket/key?website")
         return statuses, status_and_code(await raw_exchange(port, good, timeout=2))
     with caplog.at_level(logging.INFO):
         statuses, after = serve(limits, go)

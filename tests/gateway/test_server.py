@@ -141,7 +141,7 @@ def test_put_header_errors_before_any_backend_call(headers, code, status):
 
 
 def test_unsupported_subresource_is_not_implemented():
-    status, _, body = run(lambda s, b: _send(s, b, "GET", "/bucket?policy"))
+    status, _, body = run(lambda s, b: _send(s, b, "GET", "/bucket?website"))
     assert status == 501 and _error(body)["Code"] == "NotImplemented"
 
 
