@@ -191,7 +191,8 @@ class ObjectReader:
 
 
 async def open_object(store: ErasureSetClient | ErasureSets, kms: KmsClient, bucket: str, key: str,
-                      requested: RangeRequest | None, conditions: Conditions | None = None) -> ObjectReader:
+                      requested: RangeRequest | None, conditions: Conditions | None = None, *,
+                      customer_key: bytes | None = None) -> ObjectReader:
     """Everything a GET needs before its first byte; raises the client-visible errors.
 
     `conditions` are checked right after the metadata read and before the range and the kms
@@ -219,7 +220,7 @@ async def open_object(store: ErasureSetClient | ErasureSets, kms: KmsClient, buc
             return ObjectReader(store, bucket, key, meta, ResolvedRange(0, 0, False), None, holders,
                                 not_modified=True)
     resolved = resolve_range(meta.size, requested)
-    oek = await unseal_object_key(kms, meta, bucket, key) if meta.HasField("encryption") else None
+    oek = await unseal_object_key(kms, meta, bucket, key, customer_key) if meta.HasField("encryption") else None
     return ObjectReader(store, bucket, key, meta, resolved, oek, holders, suspects)
 
 

@@ -10,15 +10,24 @@ from sealstore.v1 import crypto_pb2, crypto_pb2_grpc
 from services.crypto import dare, keys
 from services.crypto.get_pipeline import RangeRequest, open_object
 from services.crypto.kms_client import KmsClient
-from services.crypto.put_pipeline import BodyEnd, PutHeader, SseKms, put_object
+from services.crypto.put_pipeline import BodyEnd, put_object
+from services.crypto.sealing import PartTarget, PutHeader, SseKms
 
 
 def _put_header(msg: crypto_pb2.PutObjectHeader) -> PutHeader:
+    """The protobuf header as the pipelines take it. Exactly one SSE mode, or none."""
     sse = None
     if msg.HasField("sse_kms"):
-        sse = SseKms(msg.sse_kms.key_name, keys.parse_context_json(msg.sse_kms.context_json))
+        sse = SseKms(msg.sse_kms.key_name, keys.parse_context_json(msg.sse_kms.context_json),
+                     key_id=msg.sse_kms.key_id)
+    customer_key = bytes(msg.sse_customer_key) if msg.sse_customer_key else None
+    if sum((sse is not None, msg.sse_s3, customer_key is not None)) > 1:
+        raise errors.InvalidArgument("a request can ask for one server-side encryption mode only")
+    part = PartTarget(msg.part.upload_id, msg.part.part_number) if msg.HasField("part") else None
     return PutHeader(bucket=msg.bucket, key=msg.key, content_type=msg.content_type,
-                     user_metadata=dict(msg.user_metadata), sse_kms=sse, content_length=msg.content_length)
+                     user_metadata=dict(msg.user_metadata), sse_kms=sse, content_length=msg.content_length,
+                     sse_s3=msg.sse_s3, customer_key=customer_key, part=part, tags=dict(msg.tags),
+                     checksums=dict(msg.checksums))
 
 
 async def _body(requests) -> AsyncIterator[bytes | BodyEnd]:
@@ -61,7 +70,8 @@ class CryptoServicer(crypto_pb2_grpc.CryptoServiceServicer):
             requested = RangeRequest(first=r.first, last=r.last, suffix_length=r.suffix_length,
                                      is_suffix=r.is_suffix)
         conditions = Conditions.from_proto(request.conditions) if request.HasField("conditions") else None
-        reader = await open_object(self.store, self.kms, request.bucket, request.key, requested, conditions)
+        reader = await open_object(self.store, self.kms, request.bucket, request.key, requested, conditions,
+                                   customer_key=bytes(request.sse_customer_key) or None)
         yield crypto_pb2.GetObjectResponse(head=crypto_pb2.GetObjectHead(
             meta=reader.meta, offset=reader.range.offset, length=reader.range.length,
             is_range=reader.range.is_range, not_modified=reader.not_modified))
