@@ -22,7 +22,7 @@ from sealstore import errors, sigv4
 from sealstore.conditions import Conditions
 from sealstore.v1 import crypto_pb2, types_pb2
 
-from . import bucket_config, copy, multipart, post_object, s3xml, sse
+from . import auth, bucket_config, copy, multipart, post_object, s3xml, sse
 from .auth import Authenticator, Identity
 from .backend import Backend
 from .body import MAX_OBJECT_SIZE, body_from_request
@@ -177,14 +177,19 @@ class S3Api:
 
     # -- routing ---------------------------------------------------------------------------
 
-    def target(self, request: web.Request) -> Target:
-        raw_path, _, raw_query = request.raw_path.partition("?")
-        path = unquote(raw_path)
+    def vhost_bucket(self, request: web.Request) -> str:
+        """The bucket a virtual-host style request names in its Host header, or ''."""
         host = (request.headers.get("Host") or "").rsplit(":", 1)[0].lower()
         vhost_bucket = ""
         for domain in self.domains:
             if host.endswith("." + domain):
                 vhost_bucket = host[: -len(domain) - 1]
+        return vhost_bucket
+
+    def target(self, request: web.Request) -> Target:
+        raw_path, _, raw_query = request.raw_path.partition("?")
+        path = unquote(raw_path)
+        vhost_bucket = self.vhost_bucket(request)
         if vhost_bucket:
             bucket, key = vhost_bucket, path[1:]
         else:
@@ -222,7 +227,8 @@ class S3Api:
             err.logged = True
             raise err
         try:
-            return self.authenticator.authenticate(request.method, raw_path, raw_query, request.headers.items())
+            return self.authenticator.authenticate(request.method, raw_path, raw_query, request.headers.items(),
+                                                   vhost_bucket=self.vhost_bucket(request))
         except errors.SealstoreError as err:
             if err.http_status < 500:
                 self.throttle.failed(address, f"{err.code}: {ascii(err.message[:200])}")
@@ -233,6 +239,8 @@ class S3Api:
         self.precheck(request)
         raw_path, _, raw_query = request.raw_path.partition("?")
         identity = self._authenticate(request, raw_path, raw_query)
+        if identity.query_headers:
+            request = request.clone(headers=auth.with_query_headers(request.headers, identity.query_headers))
         t = self.target(request)
         method = request.method
         unsupported = UNSUPPORTED_SUBRESOURCES.intersection(t.query)
