@@ -39,6 +39,40 @@ ENV_GATEWAY_ADDR = "SEALSTORE_GATEWAY_ADDR"
 """host:port the gateway's S3 endpoint listens on (default 127.0.0.1:9000)."""
 
 DEFAULT_GATEWAY_ADDR = "127.0.0.1:9000"
+ENV_GATEWAY_HTTPS_ADDR = "SEALSTORE_GATEWAY_HTTPS_ADDR"
+"""host:port of the gateway's HTTPS endpoint (the local cluster's default 127.0.0.1:9443; the
+gateway alone serves HTTPS only when given this or --https-listen). "off": no HTTPS."""
+DEFAULT_GATEWAY_HTTPS_ADDR = "127.0.0.1:9443"
+ENV_GATEWAY_TLS_CERT = "SEALSTORE_GATEWAY_TLS_CERT"
+ENV_GATEWAY_TLS_KEY = "SEALSTORE_GATEWAY_TLS_KEY"
+"""The HTTPS endpoint's certificate chain and key (PEM); default the dev CA's
+<certs>/https/gateway.pem and gateway-key.pem, which the launcher makes."""
+
+ENV_SSE_S3_KEY = "SEALSTORE_SSE_S3_KEY"
+"""The kms key SSE-S3 (AES256) objects are sealed under; the kms creates it at start if missing."""
+DEFAULT_SSE_S3_KEY = "sealstore-sse-s3"
+ENV_DEFAULT_KMS_KEY = "SEALSTORE_DEFAULT_KMS_KEY"
+"""The key of `aws:kms` without a key id when the bucket default names none; created like the
+SSE-S3 key."""
+DEFAULT_KMS_KEY = "sealstore-default"
+ENV_ENCRYPT_BY_DEFAULT = "SEALSTORE_ENCRYPT_BY_DEFAULT"
+"""1 (default): a write with no SSE header into a bucket without default encryption is stored
+with SSE-S3, as AWS since 2023. 0: stored without encryption."""
+
+
+def sse_s3_key_name() -> str:
+    return os.environ.get(ENV_SSE_S3_KEY) or DEFAULT_SSE_S3_KEY
+
+
+def default_kms_key_name() -> str:
+    return os.environ.get(ENV_DEFAULT_KMS_KEY) or DEFAULT_KMS_KEY
+
+
+def encrypt_by_default() -> bool:
+    value = (os.environ.get(ENV_ENCRYPT_BY_DEFAULT) or "1").strip().lower()
+    if value not in ("0", "1", "true", "false", "on", "off", "yes", "no"):
+        raise ValueError(f"{ENV_ENCRYPT_BY_DEFAULT}={value!r}: use 1 or 0")
+    return value in ("1", "true", "on", "yes")
 
 
 def data_dir() -> Path:

@@ -29,7 +29,7 @@ from sealstore.erasure.streams import StripeReader
 from sealstore.v1 import types_pb2
 from services.crypto import dare, keys
 from services.crypto.kms_client import KmsClient
-from services.crypto.sealing import unseal_object_key
+from services.crypto.sealing import open_object_key
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ async def open_object(store: ErasureSetClient | ErasureSets, kms: KmsClient, buc
             return ObjectReader(store, bucket, key, meta, ResolvedRange(0, 0, False), None, holders,
                                 not_modified=True)
     resolved = resolve_range(meta.size, requested)
-    oek = await unseal_object_key(kms, meta, bucket, key, customer_key) if meta.HasField("encryption") else None
+    oek = await open_object_key(kms, meta, bucket, key, customer_key)  # SSE-C rules for plain objects too
     return ObjectReader(store, bucket, key, meta, resolved, oek, holders, suspects)
 
 

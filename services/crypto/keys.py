@@ -6,6 +6,10 @@
     KEK  = HMAC-SHA256(DEK, IV || domain || "DAREv2-HMAC-SHA256" || bucket || "/" || object)
     sealed OEK = one final DARE 2.0 package of the OEK under the KEK (64 bytes), stored
 
+SSE-S3 is the same under the deployment's SSE-S3 kms key, domain "SSE-S3", no client context.
+SSE-C takes the customer's 32-byte key where the DEK is (no kms), domain "SSE-C"; the key is
+never stored, only its check value (sealstore/ssec.py).
+
 docs/crypto.md states every step; nothing here does I/O or logs key bytes.
 """
 from __future__ import annotations
@@ -20,10 +24,16 @@ from sealstore import errors
 # the rewrap walker (sealctl/rewrap.py) must bind to the same AAD.
 from sealstore.sse_context import (canonical_context_json, kms_context, object_path,  # noqa: F401
                                    parse_context_json, validate_context)
+# SSE-C's check value is computed by the gateway too (HEAD reads only metadata).
+from sealstore.ssec import customer_key_check, customer_key_matches  # noqa: F401
 from services.crypto import dare
 
 SEAL_ALGORITHM = "DAREv2-HMAC-SHA256"
 DOMAIN_SSE_KMS = "SSE-KMS"
+DOMAIN_SSE_S3 = "SSE-S3"
+DOMAIN_SSE_C = "SSE-C"
+"""The domain in the KEK derivation is also the object's SSE mode (MinIO's Type.String())."""
+DOMAINS = (DOMAIN_SSE_KMS, DOMAIN_SSE_S3, DOMAIN_SSE_C)
 OEK_GENERATION_LABEL = b"object-encryption-key generation"
 IV_SIZE = 32
 KEY_SIZE = 32

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sealstore import errors
+from sealstore import config, errors, ssec
 from sealstore.v1 import types_pb2
 from services.crypto import dare, keys
 from services.crypto.kms_client import KmsClient
@@ -62,49 +62,100 @@ class Sealing:
 
 
 async def seal_new_object(kms: KmsClient, header: PutHeader, cipher: int) -> Sealing:
+    """A fresh OEK sealed as the header's SSE mode asks; one kms GenerateKey for SSE-KMS and
+    SSE-S3, none for SSE-C."""
+    modes = (header.sse_kms is not None) + header.sse_s3 + (header.customer_key is not None)
+    if modes != 1:
+        raise errors.InvalidArgument("a request can ask for one server-side encryption mode only")
+    if header.customer_key is not None:
+        return _seal_under_customer_key(header, cipher)
+    if header.sse_s3:
+        # SSE-S3 has no client context and no key choice: the deployment's key, bucket entry only.
+        return await _seal_under_kms_key(kms, header, cipher, config.sse_s3_key_name(), {}, keys.DOMAIN_SSE_S3, "")
     sse = header.sse_kms
-    if sse is None:
-        raise errors.NotImplementedS3("only SSE-KMS objects can be sealed by this worker yet")
     if not sse.key_name:
         raise errors.KMSInvalidKeyName("SSE-KMS needs a key name")
-    aad = keys.kms_context(header.bucket, header.key, sse.context)
-    dek_plain, dek_ciphertext, key_version = await kms.generate_versioned_key(sse.key_name, aad)
+    return await _seal_under_kms_key(kms, header, cipher, sse.key_name, sse.context, keys.DOMAIN_SSE_KMS,
+                                     sse.key_id)
+
+
+async def _seal_under_kms_key(kms: KmsClient, header: PutHeader, cipher: int, key_name: str,
+                              context: dict[str, str], domain: str, key_id: str) -> Sealing:
+    aad = keys.kms_context(header.bucket, header.key, context)
+    dek_plain, dek_ciphertext, key_version = await kms.generate_versioned_key(key_name, aad)
     dek = bytearray(dek_plain)
     del dek_plain
     try:
         iv = keys.generate_iv()
         oek = keys.generate_oek(dek)
-        ctx = keys.SealContext(header.bucket, header.key, iv)
+        ctx = keys.SealContext(header.bucket, header.key, iv, domain=domain)
         sealed = keys.seal_oek(dek, oek, ctx, cipher=cipher)
     finally:
         keys.zero(dek)
     envelope = types_pb2.EncryptionEnvelope(
         format_version=ENVELOPE_FORMAT_VERSION, seal_algorithm=keys.SEAL_ALGORITHM,
-        cipher=dare.CIPHER_NAMES[cipher], kms_key_name=sse.key_name, encrypted_dek=dek_ciphertext,
-        sealed_oek=sealed, iv=iv, context_json=keys.canonical_context_json(sse.context) if sse.context else "",
-        domain=keys.DOMAIN_SSE_KMS, kms_key_version=key_version, kms_key_id=sse.key_id)
+        cipher=dare.CIPHER_NAMES[cipher], kms_key_name=key_name, encrypted_dek=dek_ciphertext,
+        sealed_oek=sealed, iv=iv, context_json=keys.canonical_context_json(context) if context else "",
+        domain=domain, kms_key_version=key_version, kms_key_id=key_id)
     return Sealing(oek, envelope)
+
+
+def _seal_under_customer_key(header: PutHeader, cipher: int) -> Sealing:
+    """SSE-C: the customer's key stands where the DEK is (MinIO's EK); only its check value is stored."""
+    customer_key = header.customer_key
+    if customer_key is None or len(customer_key) != keys.KEY_SIZE:
+        raise errors.InvalidArgument("The secret key was invalid for the specified algorithm.")
+    iv = keys.generate_iv()
+    oek = keys.generate_oek(customer_key)
+    ctx = keys.SealContext(header.bucket, header.key, iv, domain=keys.DOMAIN_SSE_C)
+    sealed = keys.seal_oek(customer_key, oek, ctx, cipher=cipher)
+    envelope = types_pb2.EncryptionEnvelope(
+        format_version=ENVELOPE_FORMAT_VERSION, seal_algorithm=keys.SEAL_ALGORITHM,
+        cipher=dare.CIPHER_NAMES[cipher], sealed_oek=sealed, iv=iv, domain=keys.DOMAIN_SSE_C,
+        customer_key_check=keys.customer_key_check(customer_key, iv))
+    return Sealing(oek, envelope)
+
+
+def check_customer_key(meta: types_pb2.ObjectMeta, customer_key: bytes | None, bucket: str, key: str) -> None:
+    """AWS's SSE-C rules for a read (GET, HEAD, copy source, UploadPart of an SSE-C upload)."""
+    ssec.check_request_key(meta.encryption if meta.HasField("encryption") else None, customer_key,
+                           resource=f"/{bucket}/{key}")
+
+
+async def open_object_key(kms: KmsClient, meta: types_pb2.ObjectMeta, bucket: str, key: str,
+                          customer_key: bytes | None = None) -> bytearray | None:
+    """The OEK of an encrypted object, None for a plain one; the SSE-C rules are checked for both."""
+    if not meta.HasField("encryption"):
+        check_customer_key(meta, customer_key, bucket, key)
+        return None
+    return await unseal_object_key(kms, meta, bucket, key, customer_key)
 
 
 async def unseal_object_key(kms: KmsClient, meta: types_pb2.ObjectMeta, bucket: str, key: str,
                             customer_key: bytes | None = None) -> bytearray:
-    """kms Decrypt of the DEK, then the OEK from the sealed key, both bound to the requested
-    `bucket`/`key`. A DEK of another object is refused by the kms (KMSInvalidCiphertext: the
+    """The OEK from the sealed key, bound to the requested `bucket`/`key`: under the kms's DEK
+    (kms Decrypt) for SSE-KMS and SSE-S3, under the customer's key for SSE-C (which must be given,
+    and only then). A DEK of another object is refused by the kms (KMSInvalidCiphertext: the
     kms cannot tell it from a key deleted and created again, so its error stands)."""
     enc = meta.encryption
-    if enc.seal_algorithm != keys.SEAL_ALGORITHM or enc.domain != keys.DOMAIN_SSE_KMS:
+    if enc.seal_algorithm != keys.SEAL_ALGORITHM or enc.domain not in keys.DOMAINS:
         raise errors.NotImplementedS3(f"{bucket}/{key} uses unsupported sealing "
                                       f"{enc.seal_algorithm!r}/{enc.domain!r}")
     try:
         dare.cipher_id(enc.cipher)
     except ValueError:
         raise errors.NotImplementedS3(f"{bucket}/{key} uses unsupported cipher {enc.cipher!r}") from None
-    aad = keys.kms_context(bucket, key, keys.parse_context_json(enc.context_json))
-    dek = bytearray(await kms.decrypt(enc.kms_key_name, enc.encrypted_dek, aad))
+    check_customer_key(meta, customer_key, bucket, key)
+    if enc.domain == keys.DOMAIN_SSE_C:
+        assert customer_key is not None  # check_customer_key refused its absence
+        wrapping_key = bytearray(customer_key)
+    else:
+        aad = keys.kms_context(bucket, key, keys.parse_context_json(enc.context_json))
+        wrapping_key = bytearray(await kms.decrypt(enc.kms_key_name, enc.encrypted_dek, aad))
     try:
         ctx = keys.SealContext(bucket, key, bytes(enc.iv), domain=enc.domain, algorithm=enc.seal_algorithm)
-        return keys.unseal_oek(dek, enc.sealed_oek, ctx)
+        return keys.unseal_oek(wrapping_key, enc.sealed_oek, ctx)
     except ValueError:
         raise errors.ObjectTampered(f"{bucket}/{key}: malformed encryption envelope") from None
     finally:
-        keys.zero(dek)
+        keys.zero(wrapping_key)
