@@ -6,6 +6,9 @@
     KEK  = HMAC-SHA256(DEK, IV || domain || "DAREv2-HMAC-SHA256" || bucket || "/" || object)
     sealed OEK = one final DARE 2.0 package of the OEK under the KEK (64 bytes), stored
 
+    part key = HMAC-SHA256(OEK, "sealstore multipart part key" || LE32(part number) || 32-byte
+               nonce), multipart objects only: each part is its own DARE stream under its own key
+
 SSE-S3 is the same under the deployment's SSE-S3 kms key, domain "SSE-S3", no client context.
 SSE-C takes the customer's 32-byte key where the DEK is (no kms), domain "SSE-C"; the key is
 never stored, only its check value (sealstore/ssec.py).
@@ -108,6 +111,30 @@ def unseal_oek(dek: bytes | bytearray, sealed: bytes, ctx: SealContext) -> bytea
         raise errors.ObjectTampered(
             f"the sealed object key of {object_path(ctx.bucket, ctx.object_name)} is malformed")
     return bytearray(oek)
+
+
+# --- multipart part keys -----------------------------------------------------------------
+
+PART_KEY_LABEL = b"sealstore multipart part key"
+PART_KEY_NONCE_SIZE = 32
+
+
+def generate_part_nonce() -> bytes:
+    """Drawn for every upload of a part, so a part uploaded again never reuses a key (MinIO derives
+    the nonce from upload id and part number, and reuses it)."""
+    return os.urandom(PART_KEY_NONCE_SIZE)
+
+
+def derive_part_key(oek: bytes | bytearray, part_number: int, nonce: bytes) -> bytearray:
+    """part key = HMAC-SHA256(OEK, label || LE32(part_number) || nonce). The part number is bound
+    in too, so a part's stored bytes cannot be moved to another position of the object."""
+    _check_key(oek, "OEK")
+    if len(nonce) != PART_KEY_NONCE_SIZE:
+        raise errors.ObjectTampered("a part key nonce is 32 bytes")
+    if not 1 <= part_number <= 0xFFFFFFFF:
+        raise ValueError("part numbers are positive 32-bit integers")
+    message = PART_KEY_LABEL + part_number.to_bytes(4, "little") + bytes(nonce)
+    return bytearray(hmac.new(bytes(oek), message, hashlib.sha256).digest())
 
 
 def _check_key(key: bytes | bytearray, what: str) -> None:

@@ -16,7 +16,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import xxhash
 
@@ -89,34 +89,72 @@ class StripeBuffer:
         return stripe
 
 
+DOMAIN_SSE_S3 = "SSE-S3"
+
+
+def etag_is_md5(sealing: Sealing | None) -> bool:
+    """AWS's ETag rule: the MD5 of the plaintext for unencrypted and SSE-S3 objects (clients check
+    it), none for SSE-KMS and SSE-C, where ours is an xxh3-128 of the ciphertext (cheap, and it
+    tells nothing about the plaintext)."""
+    return sealing is None or sealing.envelope.domain == DOMAIN_SSE_S3
+
+
 async def put_object(store: ErasureSetClient | ErasureSets, kms: KmsClient, header: PutHeader,
                      body: AsyncIterator[bytes | BodyEnd], *,
                      cipher: int = dare.AES_256_GCM) -> types_pb2.ObjectMeta:
     """Stores the object in its erasure set; returns its committed metadata."""
+    if header.part is not None:
+        raise errors.InvalidRequest("a part goes through services.crypto.multipart.upload_part")
     store = store.set_for(header.bucket, header.key)
     await store.get_bucket(header.bucket, for_write=True)
     sealing = await seal_new_object(kms, header, cipher) if header.encrypted else None
-    coder = StripeCoder(store.data_shards, store.parity_shards)
-    upload_id = uuid.uuid4().hex
-    inline = stored_inline(header, store.data_shards)
-    fanout = InlineFragments(store) if inline else ShardFanout(store, upload_id, header.bucket)
     try:
-        stored = await _stream_body(body, header, fanout, coder, sealing, cipher)
+        return await write_stream(
+            store, StreamTarget(shard_bucket=header.bucket, content_length=header.content_length,
+                                key=sealing.oek if sealing else None, md5_etag=etag_is_md5(sealing),
+                                inline=stored_inline(header, store.data_shards)),
+            body, cipher, lambda stored, data_id, coder: _object_meta(header, data_id, stored, coder, sealing))
+    finally:
+        if sealing is not None:
+            keys.zero(sealing.oek)
+
+
+@dataclass
+class StreamTarget:
+    """How one plaintext stream is stored: the bucket its shards are uploaded to, the DARE key
+    (the OEK, a part key, or None: stored as it comes), which ETag, inline or shard files."""
+
+    shard_bucket: str
+    content_length: int
+    key: bytearray | None
+    md5_etag: bool
+    inline: bool = False
+    # Plaintext bytes allowed (EntityTooLarge beyond); -1: no limit here.
+    max_size: int = -1
+
+
+async def write_stream(store: ErasureSetClient, target: StreamTarget, body: AsyncIterator[bytes | BodyEnd],
+                       cipher: int,
+                       meta_for: Callable[["_Stored", str, StripeCoder], types_pb2.ObjectMeta]) -> types_pb2.ObjectMeta:
+    """Encrypts (with target.key), codes and uploads the stream, then commits the metadata
+    `meta_for(stored, data_id, coder)` builds. Any failure aborts the upload on every member."""
+    coder = StripeCoder(store.data_shards, store.parity_shards)
+    data_id = uuid.uuid4().hex
+    fanout = InlineFragments(store) if target.inline else ShardFanout(store, data_id, target.shard_bucket)
+    try:
+        stored = await _stream_body(body, target, fanout, coder, cipher)
         members = await fanout.finish()
-        meta = _object_meta(header, upload_id, stored, coder, sealing)
-        meta.inline = inline
-        await store.commit_object(upload_id, meta, members,
-                                  inline_blocks=fanout.fragments if inline else None)
+        meta = meta_for(stored, data_id, coder)
+        meta.inline = target.inline
+        await store.commit_object(data_id, meta, members,
+                                  inline_blocks=fanout.fragments if target.inline else None)
         return meta
     except BaseException as exc:
-        log.info("upload %s of %s/%s aborted: %s", upload_id, header.bucket, header.key,
+        log.info("upload %s to %s aborted: %s", data_id, target.shard_bucket,
                  getattr(exc, "message", None) or type(exc).__name__)
         # Shielded: a cancelled PUT must still clean up after itself.
         await asyncio.shield(asyncio.ensure_future(fanout.abort()))
         raise
-    finally:
-        if sealing is not None:
-            keys.zero(sealing.oek)
 
 
 @dataclass
@@ -127,24 +165,27 @@ class _Stored:
     etag: str
 
 
-async def _stream_body(body: AsyncIterator[bytes | BodyEnd], header: PutHeader, fanout: ShardFanout,
-                       coder: StripeCoder, sealing: Sealing | None, cipher: int) -> _Stored:
+async def _stream_body(body: AsyncIterator[bytes | BodyEnd], target: StreamTarget, fanout: ShardFanout,
+                       coder: StripeCoder, cipher: int) -> _Stored:
     stripes = StripeBuffer()
-    encryptor = dare.DareEncryptor(sealing.oek, cipher=cipher) if sealing else None
-    # SSE-KMS objects get no MD5 ETag (as AWS and MinIO); xxh3-128 of the ciphertext is cheap.
-    digest = xxhash.xxh3_128() if sealing else hashlib.md5()
+    encryptor = dare.DareEncryptor(target.key, cipher=cipher) if target.key is not None else None
+    plain_digest = hashlib.md5() if target.md5_etag else None
+    stored_digest = None if target.md5_etag else xxhash.xxh3_128()
+    limit = target.content_length if target.content_length >= 0 else target.max_size
     received = stored = count = 0
     end: BodyEnd | None = None
 
     async def emit(completed: list[bytes]) -> None:
         nonlocal stored, count
         for stripe in completed:
-            if sealing:
-                digest.update(stripe)
+            if stored_digest is not None:
+                stored_digest.update(stripe)
             stored += len(stripe)
             count += 1
             await fanout.send(coder.encode(stripe))
 
+    if 0 <= target.max_size < target.content_length:
+        raise errors.EntityTooLarge(f"{target.content_length} bytes announced, at most {target.max_size} allowed")
     async for item in body:
         if isinstance(item, BodyEnd):
             end = item
@@ -152,17 +193,20 @@ async def _stream_body(body: AsyncIterator[bytes | BodyEnd], header: PutHeader, 
         if not item:
             continue
         received += len(item)
-        if header.content_length >= 0 and received > header.content_length:
-            raise errors.IncompleteBody(f"more than the announced {header.content_length} bytes arrived")
+        if 0 <= limit < received:
+            if target.content_length >= 0:
+                raise errors.IncompleteBody(f"more than the announced {target.content_length} bytes arrived")
+            raise errors.EntityTooLarge(f"more than {target.max_size} bytes arrived")
+        if plain_digest is not None:
+            plain_digest.update(item)
         if encryptor is None:
-            digest.update(item)
             await emit(stripes.add(item))
         else:
             for package in encryptor.update(item):
                 await emit(stripes.add(package))
     if end is None:
         raise errors.IncompleteBody("the upload stream ended without its end marker")
-    if end.size != received or (header.content_length >= 0 and header.content_length != received):
+    if end.size != received or (target.content_length >= 0 and target.content_length != received):
         raise errors.IncompleteBody(f"received {received} bytes, the sender announced {end.size}")
     if encryptor is not None:
         for package in encryptor.finish():
@@ -170,7 +214,13 @@ async def _stream_body(body: AsyncIterator[bytes | BodyEnd], header: PutHeader, 
     last = stripes.flush()
     if last is not None:
         await emit([last])
-    return _Stored(received, stored, count, digest.hexdigest())
+    return _Stored(received, stored, count, (plain_digest or stored_digest).hexdigest())
+
+
+def erasure_layout(coder: StripeCoder, stripe_count: int) -> types_pb2.ErasureLayout:
+    return types_pb2.ErasureLayout(
+        data_shards=coder.data_shards, parity_shards=coder.parity_shards, stripe_size=STRIPE_SIZE,
+        ec_type=coder.ec_type, block_checksum=framing.CHECKSUM_NAME, stripe_count=stripe_count)
 
 
 def _object_meta(header: PutHeader, upload_id: str, stored: _Stored, coder: StripeCoder,
@@ -178,10 +228,8 @@ def _object_meta(header: PutHeader, upload_id: str, stored: _Stored, coder: Stri
     meta = types_pb2.ObjectMeta(
         format_version=FORMAT_VERSION, bucket=header.bucket, key=header.key, data_id=upload_id,
         size=stored.plain_size, stored_size=stored.stored_size, etag=stored.etag, mtime_ns=time.time_ns(),
-        content_type=header.content_type, user_metadata=header.user_metadata,
-        erasure=types_pb2.ErasureLayout(
-            data_shards=coder.data_shards, parity_shards=coder.parity_shards, stripe_size=STRIPE_SIZE,
-            ec_type=coder.ec_type, block_checksum=framing.CHECKSUM_NAME, stripe_count=stored.stripes))
+        content_type=header.content_type, user_metadata=header.user_metadata, tags=header.tags,
+        checksums=header.checksums, erasure=erasure_layout(coder, stored.stripes))
     if sealing is not None:
         meta.encryption.CopyFrom(sealing.envelope)
     return meta

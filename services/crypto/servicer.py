@@ -7,7 +7,7 @@ from sealstore import errors
 from sealstore.conditions import Conditions
 from sealstore.erasure.client import ErasureSetClient, ErasureSets
 from sealstore.v1 import crypto_pb2, crypto_pb2_grpc
-from services.crypto import dare, keys
+from services.crypto import dare, keys, multipart
 from services.crypto.get_pipeline import RangeRequest, open_object
 from services.crypto.kms_client import KmsClient
 from services.crypto.put_pipeline import BodyEnd, put_object
@@ -56,8 +56,9 @@ class CryptoServicer(crypto_pb2_grpc.CryptoServiceServicer):
         # once, without reading the rest of the body: the gateway stops sending and takes this
         # status as the answer.
         try:
-            meta = await put_object(self.store, self.kms, _put_header(first.header), _body(request_iterator),
-                                    cipher=self.cipher)
+            header = _put_header(first.header)
+            store_stream = multipart.upload_part if header.part is not None else put_object
+            meta = await store_stream(self.store, self.kms, header, _body(request_iterator), cipher=self.cipher)
         except errors.SealstoreError as err:
             await _send_early_error(context, err)
             raise
@@ -77,6 +78,12 @@ class CryptoServicer(crypto_pb2_grpc.CryptoServiceServicer):
             is_range=reader.range.is_range, not_modified=reader.not_modified))
         async for chunk in reader.chunks():
             yield crypto_pb2.GetObjectResponse(data=chunk)
+
+
+    async def CreateMultipartUpload(self, request, context):
+        upload_id, record = await multipart.create_upload(self.store, self.kms, _put_header(request.header),
+                                                          cipher=self.cipher)
+        return crypto_pb2.CreateMultipartUploadResponse(upload_id=upload_id, record=record)
 
 
 async def _send_early_error(context, err: errors.SealstoreError) -> None:
