@@ -92,6 +92,11 @@ _TABLE = [
     ("NoSuchUpload", "NoSuchUpload", 404, SC.NOT_FOUND,
      "The specified multipart upload does not exist. The upload ID may be invalid, or the upload may have been aborted or completed."),
     # Bucket policy, tagging, browser POST.
+    # AWS's code for too many tags on an object (or bucket).
+    ("BadRequest", "BadRequest", 400, SC.INVALID_ARGUMENT, "Bad Request"),
+    # ACLs are disabled (AWS's BucketOwnerEnforced): only the owner's full control.
+    ("AccessControlListNotSupported", "AccessControlListNotSupported", 400, SC.INVALID_ARGUMENT,
+     "The bucket does not allow ACLs"),
     ("NoSuchBucketPolicy", "NoSuchBucketPolicy", 404, SC.NOT_FOUND, "The bucket policy does not exist"),
     ("MalformedPolicy", "MalformedPolicy", 400, SC.INVALID_ARGUMENT, "Policies must be valid JSON and the first byte must be '{'"),
     ("NoSuchTagSet", "NoSuchTagSet", 404, SC.NOT_FOUND, "The TagSet does not exist"),
@@ -174,6 +179,8 @@ EntityTooSmall = ERRORS_BY_NAME["EntityTooSmall"]
 InvalidPart = ERRORS_BY_NAME["InvalidPart"]
 InvalidPartOrder = ERRORS_BY_NAME["InvalidPartOrder"]
 NoSuchUpload = ERRORS_BY_NAME["NoSuchUpload"]
+BadRequest = ERRORS_BY_NAME["BadRequest"]
+AccessControlListNotSupported = ERRORS_BY_NAME["AccessControlListNotSupported"]
 NoSuchBucketPolicy = ERRORS_BY_NAME["NoSuchBucketPolicy"]
 MalformedPolicy = ERRORS_BY_NAME["MalformedPolicy"]
 NoSuchTagSet = ERRORS_BY_NAME["NoSuchTagSet"]
