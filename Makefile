@@ -30,14 +30,19 @@ $(VENV)/.test-installed: $(VENV)/.installed requirements-test.lock
 run: install
 	$(BIN)/sealstore run
 
-# The compose test needs a Docker engine and debootstrap (images are built locally: no registry).
+# The compose test needs a Docker engine and debootstrap (images are built locally: no registry);
+# the client matrix (tests/clients) needs rclone and s3cmd. All from Debian's packages.
+SYSTEM_TOOLS := dockerd:docker.io debootstrap:debootstrap rclone:rclone s3cmd:s3cmd
 system-tools:
-	@if ! command -v dockerd >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1; then \
+	@missing=""; for tool in $(SYSTEM_TOOLS); do \
+	  command -v $${tool%%:*} >/dev/null 2>&1 || missing="$$missing $${tool#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-	      docker.io debootstrap >/dev/null; \
+	      $$missing >/dev/null; \
 	  else \
-	    echo "note: docker.io and debootstrap are missing and this is not root: the compose test will be skipped"; \
+	    echo "note: missing Debian packages:$$missing (not root): the tests that need them say so and are skipped"; \
 	  fi; \
 	fi
 

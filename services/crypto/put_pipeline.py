@@ -15,7 +15,7 @@ import hashlib
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable
 
 import xxhash
@@ -56,6 +56,8 @@ class BodyEnd:
     """The sender's end marker: the total plaintext bytes it sent."""
 
     size: int
+    # Checksums the sender verified against the whole body (trailers arrive only at the end).
+    checksums: dict[str, str] = field(default_factory=dict)
 
 
 class StripeBuffer:
@@ -145,6 +147,7 @@ async def write_stream(store: ErasureSetClient, target: StreamTarget, body: Asyn
         stored = await _stream_body(body, target, fanout, coder, cipher)
         members = await fanout.finish()
         meta = meta_for(stored, data_id, coder)
+        meta.checksums.update(stored.checksums)
         meta.inline = target.inline
         await store.commit_object(data_id, meta, members,
                                   inline_blocks=fanout.fragments if target.inline else None)
@@ -163,6 +166,7 @@ class _Stored:
     stored_size: int
     stripes: int
     etag: str
+    checksums: dict[str, str] = field(default_factory=dict)
 
 
 async def _stream_body(body: AsyncIterator[bytes | BodyEnd], target: StreamTarget, fanout: ShardFanout,
@@ -214,7 +218,7 @@ async def _stream_body(body: AsyncIterator[bytes | BodyEnd], target: StreamTarge
     last = stripes.flush()
     if last is not None:
         await emit([last])
-    return _Stored(received, stored, count, (plain_digest or stored_digest).hexdigest())
+    return _Stored(received, stored, count, (plain_digest or stored_digest).hexdigest(), dict(end.checksums))
 
 
 def erasure_layout(coder: StripeCoder, stripe_count: int) -> types_pb2.ErasureLayout:

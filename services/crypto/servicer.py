@@ -36,7 +36,7 @@ async def _body(requests) -> AsyncIterator[bytes | BodyEnd]:
         if kind == "data":
             yield request.data
         elif kind == "end":
-            yield BodyEnd(request.end.size)
+            yield BodyEnd(request.end.size, dict(request.end.checksums))
             return
         else:
             raise errors.InvalidRequest("PutObject got a second header")

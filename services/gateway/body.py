@@ -20,6 +20,9 @@ import zlib
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Mapping, Protocol
 
+import crc32c
+import crcmod
+
 from sealstore import errors, sigv4
 
 log = logging.getLogger(__name__)
@@ -33,9 +36,8 @@ DEFAULT_READ_TIMEOUT = 60.0
 # A chunk size is 1-16 hex digits, nothing else: no sign, no spaces, no 0x (int(x, 16) takes all three).
 _CHUNK_SIZE = re.compile(rb"[0-9a-fA-F]{1,16}")
 
-# x-amz-checksum-<name>: how to compute it here (None: we cannot, so we accept it unchecked).
-_CHECKSUMS = {"crc32": "crc32", "sha1": "sha1", "sha256": "sha256", "sha512": "sha512",
-              "crc32c": None, "crc64nvme": None}
+# x-amz-checksum-<name> -> digest size in bytes: the algorithms S3 accepts, each verified here.
+CHECKSUM_SIZES = {"crc32": 4, "crc32c": 4, "crc64nvme": 8, "sha1": 20, "sha256": 32}
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 _DECIMAL = re.compile(r"[0-9]{1,19}")
 
@@ -46,22 +48,45 @@ class Reader(Protocol):
     async def read(self, n: int = -1) -> bytes: ...
 
 
-class _Crc32:
-    def __init__(self):
+class _Crc:
+    """A running CRC with hashlib's update/digest shape."""
+
+    def __init__(self, function, size: int):
+        self._function = function
+        self._size = size
         self.value = 0
 
     def update(self, data: bytes) -> None:
-        self.value = zlib.crc32(data, self.value)
+        self.value = self._function(data, self.value)
 
     def digest(self) -> bytes:
-        return self.value.to_bytes(4, "big")
+        return self.value.to_bytes(self._size, "big")
+
+
+# CRC-64/NVME: reflected, all-ones initial value and final xor (crcmod wants the xor-ed form of the
+# initial value, hence 0).
+_crc64nvme = crcmod.mkCrcFun(0x1AD93D23594C93659, initCrc=0, rev=True, xorOut=0xFFFFFFFFFFFFFFFF)
 
 
 def _new_checksum(algorithm: str):
-    kind = _CHECKSUMS[algorithm]
-    if kind is None:
-        return None
-    return _Crc32() if kind == "crc32" else hashlib.new(kind)
+    if algorithm == "crc32":
+        return _Crc(zlib.crc32, 4)
+    if algorithm == "crc32c":
+        return _Crc(crc32c.crc32c, 4)
+    if algorithm == "crc64nvme":
+        return _Crc(_crc64nvme, 8)
+    return hashlib.new(algorithm)
+
+
+def _decode_checksum(algorithm: str, value: str) -> bytes:
+    """The digest a client claims, or InvalidRequest if it cannot be one of `algorithm`."""
+    try:
+        digest = base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        digest = b""
+    if len(digest) != CHECKSUM_SIZES[algorithm]:
+        raise errors.InvalidRequest(f"Value for x-amz-checksum-{algorithm} header is invalid.")
+    return digest
 
 
 @dataclass
@@ -76,19 +101,14 @@ class PayloadChecks:
     def __post_init__(self):
         self._sha256 = hashlib.sha256() if self.sha256_hex else None
         self._md5 = hashlib.md5() if self.md5 is not None else None
-        self._sums = {}
-        for algorithm in self.checksums:
-            hasher = _new_checksum(algorithm)
-            if hasher is None:
-                log.debug("x-amz-checksum-%s accepted without verification (no library here)", algorithm)
-            else:
-                self._sums[algorithm] = hasher
+        self._sums = {algorithm: _new_checksum(algorithm) for algorithm in self.checksums}
+        self._verified: dict[str, str] = {}
 
     @property
     def costly(self) -> bool:
-        """True when updating means real hashing (worth a thread, which releases the GIL)."""
+        """True when updating means real hashing (worth a thread: hashlib and crc32c release the GIL)."""
         return self._sha256 is not None or self._md5 is not None or any(
-            not isinstance(h, _Crc32) for h in self._sums.values())
+            algorithm != "crc32" for algorithm in self._sums)
 
     def update(self, data: bytes) -> None:
         if self._sha256 is not None:
@@ -109,15 +129,19 @@ class PayloadChecks:
                 expected = trailers.get(name)
                 if expected is None:
                     raise errors.InvalidRequest(f"the trailer {name} announced in x-amz-trailer is missing")
-            hasher = self._sums.get(algorithm)
-            if hasher is None:
-                continue
-            try:
-                wanted = base64.b64decode(expected.strip(), validate=True)
-            except binascii.Error:
-                raise errors.InvalidRequest(f"{name} is not valid base64") from None
-            if hasher.digest() != wanted:
+            if self._sums[algorithm].digest() != _decode_checksum(algorithm, expected):
                 raise errors.BadDigest(f"The {algorithm.upper()} you specified did not match the calculated checksum.")
+            self._verified[algorithm.upper()] = expected.strip()
+
+    @property
+    def in_headers(self) -> dict[str, str]:
+        """The checksums sent as headers, "CRC32" -> base64: known before the body, verified at its end."""
+        return {algorithm.upper(): value.strip() for algorithm, value in self.checksums.items() if value is not None}
+
+    @property
+    def verified(self) -> dict[str, str]:
+        """After verify(): the client's checksums that matched, "CRC32" -> base64 (ObjectMeta.checksums)."""
+        return dict(self._verified)
 
 
 @dataclass
@@ -334,16 +358,30 @@ def _content_md5(headers: Mapping[str, str]) -> bytes | None:
 
 
 def _header_checksums(headers: Mapping[str, str], trailer_names: list[str]) -> dict[str, str | None]:
+    """The x-amz-checksum-* the body must match: from headers (value checked for form now) or trailers."""
     out: dict[str, str | None] = {}
-    for algorithm in _CHECKSUMS:
+    for algorithm in CHECKSUM_SIZES:
         value = headers.get(f"x-amz-checksum-{algorithm}")
         if value is not None:
+            _decode_checksum(algorithm, value)
             out[algorithm] = value
     for name in trailer_names:
         algorithm = name.removeprefix("x-amz-checksum-")
-        if algorithm == name or algorithm not in _CHECKSUMS:
+        if algorithm == name or algorithm not in CHECKSUM_SIZES:
             raise errors.InvalidRequest(f"unsupported trailer {name!r}")
         out[algorithm] = None
+    if len(out) > 1:
+        raise errors.InvalidRequest(
+            "Expecting a single x-amz-checksum- header. Multiple checksum Types are not allowed.")
+    announced = headers.get("x-amz-sdk-checksum-algorithm")
+    if announced is not None:
+        algorithm = announced.strip().lower()
+        if algorithm not in CHECKSUM_SIZES:
+            raise errors.InvalidRequest("Value for x-amz-sdk-checksum-algorithm header is invalid.")
+        if algorithm not in out:
+            raise errors.InvalidRequest(
+                "x-amz-sdk-checksum-algorithm specified, but no corresponding x-amz-checksum-* "
+                "or x-amz-trailer headers were found.")
     return out
 
 
@@ -401,3 +439,19 @@ def body_from_request(reader: Reader, headers: Mapping[str, str], payload_hash: 
     return Body(reader, length=length, checks=checks, chunked=chunked,
                 chain=chain if payload_hash in (sigv4.STREAMING_PAYLOAD, sigv4.STREAMING_PAYLOAD_TRAILER) else None,
                 trailer=trailer, read_timeout=read_timeout)
+
+
+def checksum_headers(checksums: Mapping[str, str]) -> dict[str, str]:
+    """Response headers for stored checksums ("CRC32" -> base64), as AWS names them."""
+    out = {f"x-amz-checksum-{algorithm.lower()}": value for algorithm, value in checksums.items()
+           if algorithm.lower() in CHECKSUM_SIZES}
+    if out:
+        out["x-amz-checksum-type"] = "FULL_OBJECT"
+    return out
+
+
+def requested_checksum_headers(request_headers: Mapping[str, str], checksums: Mapping[str, str]) -> dict[str, str]:
+    """GET/HEAD of a whole object: its checksums, only for a client that asked with x-amz-checksum-mode."""
+    if request_headers.get("x-amz-checksum-mode", "").strip().upper() != "ENABLED":
+        return {}
+    return checksum_headers(checksums)

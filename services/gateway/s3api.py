@@ -25,7 +25,7 @@ from sealstore.v1 import crypto_pb2, types_pb2
 from . import auth, bucket_config, copy, multipart, post_object, s3xml, sse
 from .auth import Authenticator, Identity
 from .backend import Backend
-from .body import MAX_OBJECT_SIZE, body_from_request
+from .body import MAX_OBJECT_SIZE, body_from_request, checksum_headers, requested_checksum_headers
 from .limits import FailedAuthThrottle, Limits
 
 log = logging.getLogger(__name__)
@@ -466,6 +466,7 @@ class S3Api:
         header = crypto_pb2.PutObjectHeader(
             bucket=t.bucket, key=t.key, content_type=headers.get("Content-Type", DEFAULT_CONTENT_TYPE),
             user_metadata=user_metadata(request), content_length=body.length)
+        header.checksums.update(body.checks.in_headers)
         if requested is not None:
             header.sse_kms.CopyFrom(crypto_pb2.SseKmsRequest(key_name=requested.key_name,
                                                              context_json=requested.context_json))
@@ -480,6 +481,7 @@ class S3Api:
             raise
         meta = response.meta
         out = {"ETag": s3xml.quote_etag(meta.etag)}
+        out.update(checksum_headers(meta.checksums))
         out.update(sse.response_headers(meta.encryption if meta.HasField("encryption") else None))
         return web.Response(status=200, headers=out)
 
@@ -497,7 +499,8 @@ class S3Api:
             async for piece in body.pieces():
                 await call.write(crypto_pb2.PutObjectRequest(data=piece))
             body.finish()  # only a fully verified body may be committed
-            await call.write(crypto_pb2.PutObjectRequest(end=crypto_pb2.PutObjectEnd(size=body.received)))
+            await call.write(crypto_pb2.PutObjectRequest(end=crypto_pb2.PutObjectEnd(
+                size=body.received, checksums=body.checks.verified)))
             await call.done_writing()
 
         async def answer() -> crypto_pb2.PutObjectResponse:
@@ -546,6 +549,7 @@ class S3Api:
             return not_modified_response(meta)
         headers = object_headers(meta)
         headers["Content-Length"] = str(meta.size)
+        headers.update(requested_checksum_headers(request.headers, meta.checksums))
         return web.Response(status=200, headers=headers)
 
     async def get_object(self, request: web.Request, t: Target) -> web.StreamResponse:
@@ -577,6 +581,8 @@ class S3Api:
             if head.is_range:
                 end = head.offset + head.length - 1
                 headers["Content-Range"] = f"bytes {head.offset}-{end}/{head.meta.size}"
+            else:
+                headers.update(requested_checksum_headers(request.headers, head.meta.checksums))
             response = web.StreamResponse(status=206 if head.is_range else 200, headers=headers)
             response.content_length = head.length
         except BaseException:
