@@ -110,6 +110,9 @@ _TABLE = [
     # SSE-C: the customer key given does not open the object (AWS answers 403 AccessDenied).
     ("CustomerKeyMismatch", "AccessDenied", 403, SC.PERMISSION_DENIED,
      "The provided customer key does not match the key the object was encrypted with."),
+    # SSE-C with a customer algorithm other than AES256 (AWS's code and text).
+    ("InvalidEncryptionAlgorithmError", "InvalidEncryptionAlgorithmError", 400, SC.INVALID_ARGUMENT,
+     "The Encryption request you specified is not valid. Supported value: AES256."),
     ("ServerSideEncryptionConfigurationNotFoundError", "ServerSideEncryptionConfigurationNotFoundError", 404, SC.NOT_FOUND,
      "The server side encryption configuration was not found"),
     ("ObjectTampered", "XSealstoreObjectTampered", 500, SC.DATA_LOSS, "The object's stored data failed authentication."),
@@ -189,6 +192,7 @@ MalformedPOSTRequest = ERRORS_BY_NAME["MalformedPOSTRequest"]
 InvalidPolicyDocument = ERRORS_BY_NAME["InvalidPolicyDocument"]
 EntityTooSmallForPolicy = ERRORS_BY_NAME["EntityTooSmallForPolicy"]
 CustomerKeyMismatch = ERRORS_BY_NAME["CustomerKeyMismatch"]
+InvalidEncryptionAlgorithmError = ERRORS_BY_NAME["InvalidEncryptionAlgorithmError"]
 ObjectTampered = ERRORS_BY_NAME["ObjectTampered"]
 KMSNotFound = ERRORS_BY_NAME["KMSNotFound"]
 KMSDisabled = ERRORS_BY_NAME["KMSDisabled"]

@@ -119,7 +119,7 @@ def parse_range(value: str | None) -> crypto_pb2.ByteRange | None:
     return crypto_pb2.ByteRange(first=min(int(first), INT64_MAX), last=min(int(last), INT64_MAX) if last else -1)
 
 
-def object_headers(meta: types_pb2.ObjectMeta) -> dict[str, str]:
+def object_headers(meta: types_pb2.ObjectMeta, customer: sse.CustomerKey | None = None) -> dict[str, str]:
     headers = {
         "ETag": s3xml.quote_etag(meta.etag),
         "Last-Modified": http_date(meta.mtime_ns),
@@ -131,8 +131,15 @@ def object_headers(meta: types_pb2.ObjectMeta) -> dict[str, str]:
             headers[name.title()] = value
         else:
             headers[f"x-amz-meta-{name}"] = value
-    headers.update(sse.response_headers(meta.encryption if meta.HasField("encryption") else None))
+    headers.update(sse.response_headers(meta.encryption if meta.HasField("encryption") else None, customer))
     return headers
+
+
+def is_tls(request: web.Request) -> bool:
+    """Whether this connection is TLS, from the transport itself (never X-Forwarded-Proto, which a
+    client can send): SSE-C keys may only travel over TLS."""
+    transport = request.transport
+    return transport is not None and transport.get_extra_info("ssl_object") is not None
 
 
 def user_metadata(request: web.Request) -> dict[str, str]:
@@ -356,11 +363,12 @@ class S3Api:
             return _xml(s3xml.bucket_encryption(s3xml.BucketEncryptionRule(enc.sse_algorithm, enc.kms_master_key_id)))
         if method == "PUT":
             rule = s3xml.parse_bucket_encryption(await self._small_body(request, identity))
-            if rule.sse_algorithm == sse.AES256:
-                raise errors.NotImplementedS3("SSE-S3 (AES256) bucket default encryption is not supported yet; use aws:kms")
             await self.backend.erasure.get_bucket(t.bucket)
-            # A default no PUT could use (missing, disabled) is refused now rather than at every upload.
-            await self.backend.check_key_usable(sse.normalize_key_id(rule.kms_master_key_id), fresh=True)
+            if rule.sse_algorithm == sse.KMS:
+                # A default no PUT could use (missing, disabled) is refused now rather than at every upload.
+                name = sse.normalize_key_id(rule.kms_master_key_id) if rule.kms_master_key_id \
+                    else sse.deployment_kms_key_name()
+                await self.backend.check_key_usable(name, fresh=True)
             await self.backend.erasure.set_bucket_encryption(
                 t.bucket, types_pb2.BucketEncryption(sse_algorithm=rule.sse_algorithm,
                                                      kms_master_key_id=rule.kms_master_key_id))
@@ -457,32 +465,34 @@ class S3Api:
 
     async def put_object(self, request: web.Request, identity: Identity, t: Target) -> web.Response:
         headers = request.headers
-        requested = sse.requested_encryption(headers)  # header errors before any backend call
+        # Header errors (contradictory SSE, SSE-C over plain HTTP) before any backend call.
+        requested = sse.requested_encryption(headers, secure=is_tls(request))
         body = body_from_request(request.content, headers, identity.payload_hash, identity.chain,
                                  read_timeout=self.limits.body_timeout)
         info = await self.backend.bucket(t.bucket)
-        if requested is None:
-            requested = sse.resolve_put_encryption(headers, info.encryption if info.HasField("encryption") else None)
+        encryption = sse.resolve_write_encryption(
+            headers, info.encryption if info.HasField("encryption") else None, requested=requested)
         header = crypto_pb2.PutObjectHeader(
             bucket=t.bucket, key=t.key, content_type=headers.get("Content-Type", DEFAULT_CONTENT_TYPE),
             user_metadata=user_metadata(request), content_length=body.length)
         header.checksums.update(body.checks.in_headers)
-        if requested is not None:
-            header.sse_kms.CopyFrom(crypto_pb2.SseKmsRequest(key_name=requested.key_name,
-                                                             context_json=requested.context_json))
+        encryption.apply_to(header)
+        checked_key = encryption.kms_key_to_check
+        if checked_key:
             # Fail fast: a missing or disabled key is refused before the body is read.
-            await self.backend.check_key_usable(requested.key_name)
+            await self.backend.check_key_usable(checked_key)
         await grant_continue(request)
         try:
             response = await self._stream_to_worker(header, body)
         except errors.SealstoreError:
-            if requested is not None:
-                self.backend.forget_key(requested.key_name)  # the next PUT asks the kms again
+            if checked_key:
+                self.backend.forget_key(checked_key)  # the next PUT asks the kms again
             raise
         meta = response.meta
         out = {"ETag": s3xml.quote_etag(meta.etag)}
         out.update(checksum_headers(meta.checksums))
-        out.update(sse.response_headers(meta.encryption if meta.HasField("encryption") else None))
+        out.update(sse.response_headers(meta.encryption if meta.HasField("encryption") else None,
+                                        encryption.customer))
         return web.Response(status=200, headers=out)
 
     async def _stream_to_worker(self, header: crypto_pb2.PutObjectHeader, body) -> crypto_pb2.PutObjectResponse:
@@ -541,21 +551,24 @@ class S3Api:
             raise
 
     async def head_object(self, request: web.Request, t: Target) -> web.Response:
-        sse.reject_ssec(request.headers)
+        customer = sse.customer_key(request.headers, secure=is_tls(request))
         meta = await self.backend.erasure.get_object_meta(t.bucket, t.key)
         try:
             Conditions.from_headers(request.headers).check(meta, resource=request.path)
         except errors.NotModified:
             return not_modified_response(meta)
-        headers = object_headers(meta)
+        sse.check_customer_key(meta, customer, resource=request.path)
+        headers = object_headers(meta, customer)
         headers["Content-Length"] = str(meta.size)
         headers.update(requested_checksum_headers(request.headers, meta.checksums))
         return web.Response(status=200, headers=headers)
 
     async def get_object(self, request: web.Request, t: Target) -> web.StreamResponse:
-        sse.reject_ssec(request.headers)
+        customer = sse.customer_key(request.headers, secure=is_tls(request))
         byte_range = parse_range(request.headers.get("Range"))
         get = crypto_pb2.GetObjectRequest(bucket=t.bucket, key=t.key)
+        if customer is not None:
+            get.sse_customer_key = customer.key  # the worker checks it against the object
         if byte_range is not None:
             get.range.CopyFrom(byte_range)
         conditions = Conditions.from_headers(request.headers)
@@ -574,7 +587,7 @@ class S3Api:
             if head.not_modified:
                 call.cancel()
                 return not_modified_response(head.meta)
-            headers = object_headers(head.meta)
+            headers = object_headers(head.meta, customer)
             for param, header in RESPONSE_OVERRIDES.items():
                 if param in t.query:
                     headers[header] = t.query[param]

@@ -204,7 +204,8 @@ class BucketEncryptionRule:
 
 
 def parse_bucket_encryption(body: bytes) -> BucketEncryptionRule:
-    """ServerSideEncryptionConfiguration, validated as MinIO does (exactly one rule, aws:kms needs a key).
+    """ServerSideEncryptionConfiguration, validated as MinIO does (exactly one rule), except that
+    aws:kms may name no key, as AWS allows (the deployment's default KMS key).
 
     Returns the rule as written; AES256 is returned too (the caller decides what it supports).
     """
@@ -225,7 +226,7 @@ def parse_bucket_encryption(body: bytes) -> BucketEncryptionRule:
         return BucketEncryptionRule("AES256", "")
     if algorithm == "aws:kms":
         if not key_id:
-            raise errors.MalformedXML("aws:kms requires a KMSMasterKeyID")
+            return BucketEncryptionRule("aws:kms", "")  # as AWS: the deployment's default KMS key
         if key_id != key_id.strip():
             raise errors.MalformedXML("KMSMasterKeyID must not have leading or trailing spaces")
         return BucketEncryptionRule("aws:kms", key_id)

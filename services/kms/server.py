@@ -5,7 +5,8 @@ certificates, see policy.default_policy) and, with the default fs keystore, mast
 keys/<name>.json. The keystore and cache come from the environment (settings.py):
 SEALSTORE_KMS_KEYSTORE=fs|openbao-kv|openbao-transit and SEALSTORE_OPENBAO_*.
 While serving, the kms checks the keystore's health and deletes keys whose scheduled
-deletion is due every SEALSTORE_KMS_MAINTENANCE_INTERVAL seconds (and once at start).
+deletion is due every SEALSTORE_KMS_MAINTENANCE_INTERVAL seconds (and once at start). At start it
+also creates the deployment's own keys if missing (SEALSTORE_SSE_S3_KEY, SEALSTORE_DEFAULT_KMS_KEY).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import grpc
 
-from sealstore import config, rpc, tls
+from sealstore import config, errors, rpc, tls
 from sealstore.v1 import kms_pb2_grpc
 from services.kms import audit as kms_audit, kes_api
 from services.kms.interceptor import AuthorizationInterceptor
@@ -70,6 +71,32 @@ def build_kms_server(data_dir: Path, listen: str, policy_path: Path | None = Non
     return server
 
 
+def ensure_deployment_keys(manager: KeyManager, names: tuple[str, ...]) -> list[str]:
+    """Creates each key the deployment itself uses (SSE-S3, the default for `aws:kms` without a
+    key id) unless it exists; returns the names created. A key that exists in any state (also
+    disabled or pending deletion: an operator's decision) is left alone."""
+    created = []
+    for name in names:
+        try:
+            manager.describe_key(name)
+            continue
+        except errors.KMSNotFound:
+            pass
+        except errors.SealstoreError as exc:  # keystore unreachable: serve anyway, say why SSE-S3 may fail
+            log.warning("could not check the deployment key %r: %s", name, exc.message)
+            continue
+        try:
+            manager.create_key(name, ROLE)
+        except errors.KMSKeyExists:  # another kms of the deployment made it first
+            continue
+        except errors.SealstoreError as exc:
+            log.warning("could not create the deployment key %r: %s", name, exc.message)
+            continue
+        log.info("created the deployment key %r", name)
+        created.append(name)
+    return created
+
+
 async def maintenance_round(manager: KeyManager) -> None:
     """Checks the backend's health and, if it answers, deletes keys whose deletion is due."""
     try:
@@ -118,6 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         server = build_kms_server(data_dir, args.listen, args.policy, manager, audit=audit,
                                   instance=config.instance_name(ROLE, args.instance))
         await maintenance_round(manager)  # due deletions are carried out before serving
+        await asyncio.to_thread(ensure_deployment_keys, manager, settings.deployment_keys)
         upkeep = asyncio.create_task(maintain(manager, settings.maintenance_seconds))
         log.info("kms listening on %s", args.listen)
         kes = (await kes_api.start_kes_api(server.kms_manager, server.kms_policy, audit, config.certs_dir(data_dir),

@@ -11,6 +11,8 @@
 | SEALSTORE_OPENBAO_TIMEOUT | 5 | seconds per OpenBao request |
 | SEALSTORE_KMS_CACHE_ANY / _UNUSED / _OFFLINE, SEALSTORE_KMS_RETRY_INTERVAL | 300 / 30 / 300 / 1 | cache.py |
 | SEALSTORE_KMS_MAINTENANCE_INTERVAL | 60 | seconds between health checks and due-deletion sweeps |
+| SEALSTORE_SSE_S3_KEY | sealstore-sse-s3 | the deployment's SSE-S3 key, created at start if missing |
+| SEALSTORE_DEFAULT_KMS_KEY | sealstore-default | the key of `aws:kms` without a key id, created likewise |
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sealstore import config
 from services.kms.backend import KeyBackend
 from services.kms.cache import CacheSettings
 
@@ -48,6 +51,8 @@ class KmsSettings:
     cache: CacheSettings = CacheSettings()
     maintenance_seconds: float = 60.0
     """How often the kms checks the backend's health and deletes keys whose deletion is due."""
+    deployment_keys: tuple[str, ...] = (config.DEFAULT_SSE_S3_KEY, config.DEFAULT_KMS_KEY)
+    """Keys the deployment itself uses (SSE-S3, aws:kms without a key id): made at start if missing."""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "KmsSettings":
@@ -75,8 +80,10 @@ class KmsSettings:
         maintenance = float(env.get(ENV_MAINTENANCE_INTERVAL) or 60)
         if maintenance <= 0:
             raise ValueError(f"{ENV_MAINTENANCE_INTERVAL} must be > 0")
+        deployment_keys = tuple(dict.fromkeys((env.get(config.ENV_SSE_S3_KEY) or config.DEFAULT_SSE_S3_KEY,
+                                               env.get(config.ENV_DEFAULT_KMS_KEY) or config.DEFAULT_KMS_KEY)))
         return cls(keystore=keystore, openbao=openbao, cache=CacheSettings.from_env(env),
-                   maintenance_seconds=maintenance)
+                   maintenance_seconds=maintenance, deployment_keys=deployment_keys)
 
 
 def open_backend(settings: KmsSettings, kms_dir: Path) -> KeyBackend:

@@ -1,15 +1,11 @@
 """S3 XML rendering/parsing, checked with botocore's own S3 response parser."""
 from __future__ import annotations
 
-import base64
-import json
-
 import botocore.session
 import pytest
 from botocore.parsers import RestXMLParser
 
 from sealstore import errors
-from sealstore.v1 import types_pb2
 from services.gateway import s3xml, sse
 
 _S3 = botocore.session.get_session().get_service_model("s3")
@@ -109,7 +105,6 @@ def test_botocore_serialized_put_bucket_encryption_parses():
 @pytest.mark.parametrize("body", [
     VALID.replace(b"</Rule>", b"</Rule><Rule><ApplyServerSideEncryptionByDefault><SSEAlgorithm>aws:kms"
                   b"</SSEAlgorithm><KMSMasterKeyID>k2</KMSMasterKeyID></ApplyServerSideEncryptionByDefault></Rule>"),
-    VALID.replace(b"<KMSMasterKeyID>my-key</KMSMasterKeyID>", b""),
     VALID.replace(b"my-key", b" my-key"),
     VALID.replace(b"aws:kms", b"rot13"),
     VALID.replace(b"<SSEAlgorithm>aws:kms</SSEAlgorithm>", b"<SSEAlgorithm>AES256</SSEAlgorithm>"),
@@ -120,6 +115,11 @@ def test_botocore_serialized_put_bucket_encryption_parses():
 def test_bucket_encryption_malformed(body):
     with pytest.raises(errors.MalformedXML):
         s3xml.parse_bucket_encryption(body)
+
+
+def test_bucket_encryption_aws_kms_without_key_means_the_default_key():
+    rule = s3xml.parse_bucket_encryption(VALID.replace(b"<KMSMasterKeyID>my-key</KMSMasterKeyID>", b""))
+    assert (rule.sse_algorithm, rule.kms_master_key_id) == ("aws:kms", "")
 
 
 def test_create_bucket_configuration():
@@ -140,58 +140,3 @@ def test_delete_objects_round_trip():
     assert parsed["Errors"] == [{"Key": "b c", "Code": "SlowDown", "Message": "later"}]
 
 
-# -- SSE headers ------------------------------------------------------------------------------
-
-def ctx(obj) -> str:
-    return base64.b64encode(json.dumps(obj).encode()).decode()
-
-
-@pytest.mark.parametrize("raw,name", [
-    ("k1", "k1"), ("arn:aws:kms:k1", "k1"), ("arn:aws:kms:us-east-1:123456789012:key/my-key", "my-key"),
-    ("arn:aws:kms:eu:1:key/a/key/b", "b")])
-def test_normalize_key_id(raw, name):
-    assert sse.normalize_key_id(raw) == name
-
-
-def test_key_id_with_spaces_rejected():
-    with pytest.raises(errors.InvalidArgument):
-        sse.requested_encryption({sse.H_SSE: "aws:kms", sse.H_KEY_ID: " k1"})
-
-
-def test_context_canonicalised():
-    got = sse.requested_encryption({sse.H_SSE: "aws:kms", sse.H_KEY_ID: "k", sse.H_CONTEXT: ctx({"z": "1", "a": "<&>"})})
-    assert got == sse.SseKms("k", '{"a":"\\u003c\\u0026\\u003e","z":"1"}')
-
-
-@pytest.mark.parametrize("value", ["not base64!", ctx([1, 2]), ctx({"a": 1}), base64.b64encode(b"{bad").decode()])
-def test_bad_context_rejected(value):
-    with pytest.raises(errors.InvalidArgument):
-        sse.requested_encryption({sse.H_SSE: "aws:kms", sse.H_KEY_ID: "k", sse.H_CONTEXT: value})
-
-
-def test_sse_kinds():
-    with pytest.raises(errors.NotImplementedS3):
-        sse.requested_encryption({sse.H_SSE: "AES256"})
-    with pytest.raises(errors.NotImplementedS3):
-        sse.requested_encryption({sse.H_SSEC_ALGORITHM: "AES256"})
-    with pytest.raises(errors.InvalidArgument):
-        sse.requested_encryption({sse.H_SSE: "aws:kms"})  # no key id and no default key
-    with pytest.raises(errors.InvalidArgument):
-        sse.requested_encryption({sse.H_KEY_ID: "k"})  # key id without the SSE header
-    assert sse.requested_encryption({}) is None
-
-
-def test_request_key_wins_over_bucket_default():
-    default = types_pb2.BucketEncryption(sse_algorithm="aws:kms", kms_master_key_id="arn:aws:kms:bucket-key")
-    assert sse.resolve_put_encryption({}, default) == sse.SseKms("bucket-key")
-    assert sse.resolve_put_encryption({sse.H_SSE: "aws:kms", sse.H_KEY_ID: "mine"}, default) == sse.SseKms("mine")
-    assert sse.resolve_put_encryption({}, None) is None
-
-
-def test_response_headers():
-    env = types_pb2.EncryptionEnvelope(kms_key_name="k1", context_json='{"a":"b"}')
-    headers = sse.response_headers(env)
-    assert headers[sse.H_SSE] == "aws:kms" and headers[sse.H_KEY_ID] == "arn:aws:kms:k1"
-    assert json.loads(base64.b64decode(headers[sse.H_CONTEXT])) == {"a": "b"}
-    assert sse.response_headers(None) == {}
-    assert sse.H_CONTEXT not in sse.response_headers(types_pb2.EncryptionEnvelope(kms_key_name="k1"))
