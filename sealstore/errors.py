@@ -80,6 +80,7 @@ _TABLE = [
     # Not a failure: the client's cached copy is current. Rendered without a body.
     ("NotModified", "NotModified", 304, SC.FAILED_PRECONDITION, "Not Modified"),
     ("InvalidRange", "InvalidRange", 416, SC.OUT_OF_RANGE, "The requested range is not satisfiable"),
+    ("InvalidPartNumber", "InvalidPartNumber", 416, SC.OUT_OF_RANGE, "The requested partnumber is not satisfiable"),
     ("MethodNotAllowed", "MethodNotAllowed", 405, SC.UNIMPLEMENTED, "The specified method is not allowed against this resource."),
     ("NotImplemented", "NotImplemented", 501, SC.UNIMPLEMENTED, "A header you provided implies functionality that is not implemented."),
     # Multipart (AWS's codes and statuses).
@@ -173,6 +174,7 @@ MalformedXML = ERRORS_BY_NAME["MalformedXML"]
 MaxMessageLengthExceeded = ERRORS_BY_NAME["MaxMessageLengthExceeded"]
 RequestTimeout = ERRORS_BY_NAME["RequestTimeout"]
 InvalidRange = ERRORS_BY_NAME["InvalidRange"]
+InvalidPartNumber = ERRORS_BY_NAME["InvalidPartNumber"]
 PreconditionFailed = ERRORS_BY_NAME["PreconditionFailed"]
 NotModified = ERRORS_BY_NAME["NotModified"]
 MethodNotAllowed = ERRORS_BY_NAME["MethodNotAllowed"]

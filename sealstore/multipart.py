@@ -80,3 +80,18 @@ def multipart_etag(part_etags: list[str]) -> str:
         except ValueError:
             digest.update(etag.encode())
     return f"{digest.hexdigest()}-{len(part_etags)}"
+
+
+def part_span(meta, part_number: int) -> tuple[int, int]:
+    """(offset, length) in the object of `?partNumber=N`: the part numbered N of a multipart object,
+    the whole of any other object for N = 1. Else InvalidPartNumber (AWS: 416)."""
+    if not meta.parts:
+        if part_number != 1:
+            raise errors.InvalidPartNumber(f"the object has 1 part, not {part_number}")
+        return 0, meta.size
+    offset = 0
+    for part in meta.parts:
+        if part.number == part_number:
+            return offset, part.size
+        offset += part.size
+    raise errors.InvalidPartNumber(f"the object has no part {part_number} ({len(meta.parts)} parts)")

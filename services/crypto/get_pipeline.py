@@ -20,7 +20,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
-from sealstore import errors
+from sealstore import errors, multipart
 from sealstore.conditions import Conditions
 from sealstore.erasure import coder as erasure
 from sealstore.erasure.client import ErasureSetClient, ErasureSets, StoredVersion
@@ -97,6 +97,23 @@ def resolve_range(size: int, requested: RangeRequest | None) -> ResolvedRange:
     return ResolvedRange(first, end - first + 1, True)
 
 
+def resolve_copy_range(size: int, requested: RangeRequest) -> ResolvedRange:
+    """x-amz-copy-source-range: bytes=first-last, both within the source (nothing is clamped)."""
+    if requested.is_suffix or requested.first < 0 or requested.last < requested.first or requested.last >= size:
+        raise errors.InvalidArgument(f"Range specified is not valid for source object of size: {size}")
+    return ResolvedRange(requested.first, requested.last - requested.first + 1, True)
+
+
+@dataclass(frozen=True)
+class StoredStream:
+    """One stream on the drives, read with its own stripes (and, encrypted, from DARE sequence 0):
+    a whole object, or one part of a multipart object (its shard file is `<data_id>.shard`)."""
+
+    data_id: str
+    size: int
+    stored_size: int
+
+
 @dataclass
 class ObjectReader:
     store: ErasureSetClient
@@ -112,15 +129,20 @@ class ObjectReader:
     # The request's conditions say the client's copy is current (304): nothing is read.
     not_modified: bool = False
 
+    def close(self) -> None:
+        """Drops the object key; for a reader whose chunks are never read (chunks() does it too)."""
+        keys.zero(self.oek)
+
     async def chunks(self) -> AsyncIterator[bytes]:
         """The range's plaintext in chunks of at most MESSAGE_SIZE bytes."""
         try:
             if self.range.length == 0:
                 return
-            if self.oek is None:
-                source = self._stored_bytes(self.range.offset, self.range.length)
+            if self.meta.parts:
+                source = self._plaintext_of_parts(self.range.offset, self.range.length)
             else:
-                source = self._decrypted()
+                whole = StoredStream(self.meta.data_id, self.meta.size, self.meta.stored_size)
+                source = self._plaintext(whole, self.range.offset, self.range.length, self.oek)
             out = bytearray()
             async for piece in source:
                 out += piece
@@ -132,23 +154,66 @@ class ObjectReader:
             if self.suspects:
                 schedule_heal(self.store, self.bucket, self.key, self.suspects)
         finally:
-            if self.oek is not None:
-                keys.zero(self.oek)
+            self.close()
 
-    async def _stored_bytes(self, offset: int, length: int) -> AsyncIterator[memoryview]:
+    def _plaintext(self, stream: StoredStream, offset: int, length: int,
+                   key: bytearray | None) -> AsyncIterator[memoryview]:
+        if key is None:
+            if stream.stored_size != stream.size:
+                raise errors.ObjectTampered(f"{self.bucket}/{self.key}: stored size does not match")
+            return self._stored_bytes(stream, offset, length)
+        return self._decrypted(stream, offset, length, key)
+
+    async def _plaintext_of_parts(self, offset: int, length: int) -> AsyncIterator[memoryview]:
+        """Plaintext [offset, offset+length) of a multipart object: only the parts (and in them
+        only the stripes) the range touches, each part decrypted under its own part key."""
+        parts = self.meta.parts
+        self._check_parts(parts)
+        end = offset + length
+        start = 0
+        for part in parts:
+            part_end = start + part.size
+            lo, hi = max(offset, start), min(end, part_end)
+            if lo < hi:
+                part_key = (keys.derive_part_key(self.oek, part.number, bytes(part.key_nonce))
+                            if self.oek is not None else None)
+                try:
+                    stream = StoredStream(part.data_id, part.size, part.stored_size)
+                    async for piece in self._plaintext(stream, lo - start, hi - lo, part_key):
+                        yield piece
+                finally:
+                    keys.zero(part_key)
+            start = part_end
+            if start >= end:
+                break
+
+    def _check_parts(self, parts) -> None:
+        """The part list must add up and be in strictly ascending order (as completion made it),
+        and an encrypted part needs the object's key: anything else is edited metadata."""
+        total, previous = 0, 0
+        for part in parts:
+            if part.number <= previous or (part.key_nonce and self.oek is None) or (
+                    self.oek is not None and not part.key_nonce):
+                raise errors.ObjectTampered(f"{self.bucket}/{self.key}: inconsistent part list")
+            previous = part.number
+            total += part.size
+        if total != self.meta.size:
+            raise errors.ObjectTampered(f"{self.bucket}/{self.key}: the parts do not add up to the object's size")
+
+    async def _stored_bytes(self, stream: StoredStream, offset: int, length: int) -> AsyncIterator[memoryview]:
         """Bytes [offset, offset+length) of the stored stream, read stripe by stripe."""
         layout = self.meta.erasure
         stripe_size = layout.stripe_size
-        if offset + length > self.meta.stored_size or stripe_size == 0:
+        if offset + length > stream.stored_size or stripe_size == 0:
             raise errors.ObjectTampered(f"{self.bucket}/{self.key}: metadata sizes are inconsistent")
         coder = erasure.StripeCoder(layout.data_shards, layout.parity_shards, layout.ec_type or erasure.EC_TYPE)
         first, count = erasure.stripe_span(offset, length, stripe_size)
-        reader = StripeReader(self.store, coder, StoredVersion(self.bucket, self.key, self.meta.data_id),
+        reader = StripeReader(self.store, coder, StoredVersion(self.bucket, self.key, stream.data_id),
                               self.holders)
         stripe_index = first
         async for stripe in self._noting_bad_members(reader, first, count):
             start = stripe_index * stripe_size
-            expected = min(stripe_size, self.meta.stored_size - start)
+            expected = min(stripe_size, stream.stored_size - start)
             if len(stripe) != expected:
                 raise errors.ObjectTampered(f"{self.bucket}/{self.key}: stripe {stripe_index} "
                                             f"has {len(stripe)} bytes, {expected} expected")
@@ -164,16 +229,17 @@ class ObjectReader:
         finally:
             self.suspects |= reader.bad_members
 
-    async def _decrypted(self) -> AsyncIterator[memoryview]:
-        size, enc = self.meta.size, self.meta.encryption
-        if dare.encrypted_size(size) != self.meta.stored_size:
+    async def _decrypted(self, stream: StoredStream, offset: int, length: int,
+                         key: bytearray) -> AsyncIterator[memoryview]:
+        size = stream.size
+        if dare.encrypted_size(size) != stream.stored_size:
             raise errors.ObjectTampered(f"{self.bucket}/{self.key}: stored size does not match")
-        span = dare.package_range(self.range.offset, self.range.length, size)
+        span = dare.package_range(offset, length, size)
         last_package = dare.package_count(size) - 1
-        decryptor = dare.DareDecryptor(self.oek, seq=span.first_package, last_seq=last_package,
-                                       cipher=dare.cipher_id(enc.cipher))
-        skip, remaining = span.skip, self.range.length
-        async for ciphertext in self._stored_bytes(span.ciphertext_offset, span.ciphertext_length):
+        decryptor = dare.DareDecryptor(key, seq=span.first_package, last_seq=last_package,
+                                       cipher=dare.cipher_id(self.meta.encryption.cipher))
+        skip, remaining = span.skip, length
+        async for ciphertext in self._stored_bytes(stream, span.ciphertext_offset, span.ciphertext_length):
             for plain in decryptor.update(ciphertext):
                 if skip:
                     cut = min(skip, len(plain))
@@ -192,11 +258,18 @@ class ObjectReader:
 
 async def open_object(store: ErasureSetClient | ErasureSets, kms: KmsClient, bucket: str, key: str,
                       requested: RangeRequest | None, conditions: Conditions | None = None, *,
-                      customer_key: bytes | None = None) -> ObjectReader:
+                      customer_key: bytes | None = None, part_number: int = 0,
+                      copy_source: bool = False) -> ObjectReader:
     """Everything a GET needs before its first byte; raises the client-visible errors.
 
     `conditions` are checked right after the metadata read and before the range and the kms
-    (RFC 7232: preconditions come before Range), so a 412 or 304 costs no Decrypt."""
+    (RFC 7232: preconditions come before Range), so a 412 or 304 costs no Decrypt.
+    `part_number` (?partNumber=N, exclusive with a range): that part of a multipart object, the
+    whole of another object for N = 1. `copy_source`: the object is the source of a copy, whose
+    conditions never answer 304 (412 instead) and whose range must lie within the object."""
+    if part_number and requested is not None:
+        raise errors.InvalidRequest("Cannot specify both Range header and partNumber query parameter",
+                                    resource=key)
     store = store.set_for(bucket, key)
     outcomes = await store.meta_outcomes(bucket, key)
     metas = [o if isinstance(o, types_pb2.ObjectMeta) else None for o in outcomes]
@@ -217,9 +290,17 @@ async def open_object(store: ErasureSetClient | ErasureSets, kms: KmsClient, buc
         try:
             conditions.check(meta, resource=key)
         except errors.NotModified:
+            if copy_source:
+                raise errors.PreconditionFailed(resource=key) from None
             return ObjectReader(store, bucket, key, meta, ResolvedRange(0, 0, False), None, holders,
                                 not_modified=True)
-    resolved = resolve_range(meta.size, requested)
+    if part_number:
+        offset, length = multipart.part_span(meta, part_number)
+        resolved = ResolvedRange(offset, length, length > 0)
+    elif copy_source and requested is not None:
+        resolved = resolve_copy_range(meta.size, requested)
+    else:
+        resolved = resolve_range(meta.size, requested)
     oek = await open_object_key(kms, meta, bucket, key, customer_key)  # SSE-C rules for plain objects too
     return ObjectReader(store, bucket, key, meta, resolved, oek, holders, suspects)
 

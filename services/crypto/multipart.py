@@ -28,13 +28,10 @@ from sealstore.erasure.coder import StripeCoder
 from sealstore.v1 import types_pb2
 from services.crypto import dare, keys
 from services.crypto.kms_client import KmsClient
-from services.crypto.put_pipeline import (DOMAIN_SSE_S3, FORMAT_VERSION, BodyEnd, StreamTarget, erasure_layout,
-                                          write_stream)
-from services.crypto.sealing import PutHeader, seal_new_object, unseal_object_key
+from services.crypto.put_pipeline import FORMAT_VERSION, BodyEnd, StreamTarget, erasure_layout, write_stream
+from services.crypto.sealing import PutHeader, open_object_key, seal_new_object
 
 log = logging.getLogger(__name__)
-
-DOMAIN_SSE_C = "SSE-C"
 
 
 async def create_upload(store: ErasureSetClient | ErasureSets, kms: KmsClient, header: PutHeader, *,
@@ -77,7 +74,7 @@ async def read_upload(store: ErasureSetClient, bucket: str, key: str, upload_id:
     return record
 
 
-def _check_part_request(header: PutHeader) -> None:
+def check_part_request(header: PutHeader) -> None:
     part = header.part
     if part is None:
         raise errors.InvalidRequest("UploadPart needs a part target")
@@ -91,22 +88,13 @@ async def part_key_for(kms: KmsClient, record: types_pb2.ObjectMeta, bucket: str
                        customer_key: bytes | None) -> tuple[bytearray | None, bytes]:
     """(part key, its nonce) for a new upload of the part; (None, b"") for an unencrypted upload.
 
-    SSE-C uploads need the upload's customer key on every part (a different key fails as
-    CustomerKeyMismatch in the unsealing); other uploads refuse one."""
-    if not record.HasField("encryption"):
-        if customer_key is not None:
-            raise errors.InvalidRequest("The multipart upload initiate did not request SSE-C: "
-                                        "its parts must not carry a customer key")
-        return None, b""
-    if record.encryption.domain == DOMAIN_SSE_C and customer_key is None:
-        raise errors.InvalidRequest("The multipart upload initiate requested encryption. Subsequent part "
-                                    "requests must include the appropriate encryption parameters.")
-    if record.encryption.domain != DOMAIN_SSE_C and customer_key is not None:
-        raise errors.InvalidRequest("The multipart upload initiate did not request SSE-C: "
-                                    "its parts must not carry a customer key")
+    The SSE-C rules of a read apply (sealing.check_customer_key): an SSE-C upload needs its
+    customer key on every part (another key: CustomerKeyMismatch), any other refuses one."""
     # Bound to the final object's names, as at CreateMultipartUpload: a record copied to another
     # upload or object does not unseal.
-    oek = await unseal_object_key(kms, record, bucket, key, customer_key)
+    oek = await open_object_key(kms, record, bucket, key, customer_key)
+    if oek is None:
+        return None, b""
     nonce = keys.generate_part_nonce()
     try:
         return keys.derive_part_key(oek, part_number, nonce), nonce
@@ -115,7 +103,7 @@ async def part_key_for(kms: KmsClient, record: types_pb2.ObjectMeta, bucket: str
 
 
 def part_etag_is_md5(record: types_pb2.ObjectMeta) -> bool:
-    return not record.HasField("encryption") or record.encryption.domain == DOMAIN_SSE_S3
+    return not record.HasField("encryption") or record.encryption.domain == keys.DOMAIN_SSE_S3
 
 
 async def upload_part(store: ErasureSetClient | ErasureSets, kms: KmsClient, header: PutHeader,
@@ -125,7 +113,7 @@ async def upload_part(store: ErasureSetClient | ErasureSets, kms: KmsClient, hea
     upload of that part. Returns the part object's metadata, with the upload's `encryption`
     added (not stored with the part: the record holds it) so the caller can answer the SSE
     headers. `checked_record`: the record, already read by the caller (UploadPartCopy)."""
-    _check_part_request(header)
+    check_part_request(header)
     bucket, key, target = header.bucket, header.key, header.part
     store = store.set_for(bucket, key)
     if checked_record is None:

@@ -91,14 +91,11 @@ class StripeBuffer:
         return stripe
 
 
-DOMAIN_SSE_S3 = "SSE-S3"
-
-
 def etag_is_md5(sealing: Sealing | None) -> bool:
     """AWS's ETag rule: the MD5 of the plaintext for unencrypted and SSE-S3 objects (clients check
     it), none for SSE-KMS and SSE-C, where ours is an xxh3-128 of the ciphertext (cheap, and it
     tells nothing about the plaintext)."""
-    return sealing is None or sealing.envelope.domain == DOMAIN_SSE_S3
+    return sealing is None or sealing.envelope.domain == keys.DOMAIN_SSE_S3
 
 
 async def put_object(store: ErasureSetClient | ErasureSets, kms: KmsClient, header: PutHeader,

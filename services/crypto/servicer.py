@@ -8,6 +8,7 @@ from sealstore.conditions import Conditions
 from sealstore.erasure.client import ErasureSetClient, ErasureSets
 from sealstore.v1 import crypto_pb2, crypto_pb2_grpc
 from services.crypto import dare, keys, multipart
+from services.crypto.copy import CopyRequest, copy_object
 from services.crypto.get_pipeline import RangeRequest, open_object
 from services.crypto.kms_client import KmsClient
 from services.crypto.put_pipeline import BodyEnd, put_object
@@ -65,14 +66,11 @@ class CryptoServicer(crypto_pb2_grpc.CryptoServiceServicer):
         return crypto_pb2.PutObjectResponse(meta=meta)
 
     async def GetObject(self, request, context):
-        requested = None
-        if request.HasField("range"):
-            r = request.range
-            requested = RangeRequest(first=r.first, last=r.last, suffix_length=r.suffix_length,
-                                     is_suffix=r.is_suffix)
+        requested = _range(request.range) if request.HasField("range") else None
         conditions = Conditions.from_proto(request.conditions) if request.HasField("conditions") else None
         reader = await open_object(self.store, self.kms, request.bucket, request.key, requested, conditions,
-                                   customer_key=bytes(request.sse_customer_key) or None)
+                                   customer_key=bytes(request.sse_customer_key) or None,
+                                   part_number=request.part_number)
         yield crypto_pb2.GetObjectResponse(head=crypto_pb2.GetObjectHead(
             meta=reader.meta, offset=reader.range.offset, length=reader.range.length,
             is_range=reader.range.is_range, not_modified=reader.not_modified))
@@ -84,6 +82,23 @@ class CryptoServicer(crypto_pb2_grpc.CryptoServiceServicer):
         upload_id, record = await multipart.create_upload(self.store, self.kms, _put_header(request.header),
                                                           cipher=self.cipher)
         return crypto_pb2.CreateMultipartUploadResponse(upload_id=upload_id, record=record)
+
+
+    async def CopyObject(self, request, context):
+        copy = CopyRequest(
+            source_bucket=request.source_bucket, source_key=request.source_key,
+            destination=_put_header(request.destination),
+            source_customer_key=bytes(request.source_customer_key) or None,
+            source_conditions=(Conditions.from_proto(request.source_conditions)
+                               if request.HasField("source_conditions") else None),
+            source_range=_range(request.source_range) if request.HasField("source_range") else None,
+            replace_metadata=request.replace_metadata, replace_tags=request.replace_tags)
+        meta = await copy_object(self.store, self.kms, copy, cipher=self.cipher)
+        return crypto_pb2.PutObjectResponse(meta=meta)
+
+
+def _range(r) -> RangeRequest:
+    return RangeRequest(first=r.first, last=r.last, suffix_length=r.suffix_length, is_suffix=r.is_suffix)
 
 
 async def _send_early_error(context, err: errors.SealstoreError) -> None:
