@@ -8,6 +8,27 @@ a failure, never as "not found".
 Bucket calls go once to each storage node (the node applies them to all its drives) and the
 node's answer counts for each of its members. Construct the client inside the running event
 loop: its grpc.aio channels belong to that loop.
+
+Multipart objects and uploads (sealstore/multipart.py, sealstore/erasure/versions.py):
+- an upload's record and part objects are ordinary objects of the system bucket `.multipart`,
+  written with write_shard + commit_object like any object (a part object's meta has exactly
+  one `parts` entry, itself: data_id, stripe_count = erasure.stripe_count; never inline).
+  They must live in the erasure set of the object they complete into: take the set with
+  `store.set_for_upload(bucket, key)` (bucket and key of the completed object) and make every
+  `.multipart` call on that set's client. ErasureSets refuses `.multipart` object calls that
+  would route by the system key (list_objects of `.multipart` merges every set and is fine);
+- `list_objects(".multipart", prefix, ...)` entries carry `part` (part objects) and `upload`
+  (records), read from the drives' listing index;
+- `complete_multipart(meta)`: meta.data_id = upload id, meta.parts the parts in order (their
+  data ids and stripe counts from the listed `entry.part`); write quorum, undone below it;
+- reading a multipart object: one StoredVersion per part, `StoredVersion.of_part(bucket, key,
+  part)`, whose data_id is the part's; its stripes are [0, part.stripe_count). With
+  `versions.shard_files(meta)` the same loop reads any object (one entry for plain objects):
+      for shard in shard_files(meta):
+          reader = StripeReader(store, coder, StoredVersion(bucket, key, shard.data_id), holders)
+          async for stripe in reader.stripes(0, shard.stripe_count): ...
+  (`read_shard(member, StoredVersion(bucket, key, part.data_id), first, count)` for one member);
+- `update_object_tags(bucket, key, data_id, tags)`, `update_bucket(bucket, policy_json=, tags=)`.
 """
 from __future__ import annotations
 
@@ -23,6 +44,8 @@ import grpc
 from sealstore import errors
 from sealstore.config import Topology, set_of
 from sealstore.erasure import quorum
+from sealstore.erasure.versions import ShardFile, shard_files  # noqa: F401 (part of this module's API)
+from sealstore.multipart import SYSTEM_BUCKET
 from sealstore.erasure.quorum import failed as _failed
 from sealstore.rpc import CHANNEL_OPTIONS, channel_credentials, channel_options
 from sealstore.v1 import storage_pb2, storage_pb2_grpc, types_pb2
@@ -60,11 +83,18 @@ class Member:
 @dataclass(frozen=True)
 class StoredVersion:
     """One stored version of an object: where its shards are (the request's names, never the
-    names its metadata holds) and which version (data_id)."""
+    names its metadata holds) and which shard files: `data_id` is the version's data id, or for
+    a multipart object the data id of one of its parts (the storage node serves that part's
+    shard; the version's own data id names no shard then)."""
 
     bucket: str
     key: str
     data_id: str
+
+    @classmethod
+    def of_part(cls, bucket: str, key: str, part: types_pb2.ObjectPart) -> "StoredVersion":
+        """The shards of one part of the multipart object bucket/key (stripes: part.stripe_count)."""
+        return cls(bucket, key, part.data_id)
 
 
 @dataclass(frozen=True)
@@ -90,6 +120,9 @@ class HealCommit:
     meta: types_pb2.ObjectMeta
     expect_data_id: str
     inline_block: bytes = b""
+    part_uploads: tuple[tuple[str, str], ...] = ()
+    """A multipart object: (part data_id, upload id of its rebuilt shard) of each part rebuilt;
+    the member keeps its own shard of the others."""
 
 
 class ErasureSetClient:
@@ -122,6 +155,10 @@ class ErasureSetClient:
 
     def set_for(self, bucket: str, key: str) -> "ErasureSetClient":
         """The set holding bucket/key: this one (see ErasureSets for several)."""
+        return self
+
+    def set_for_upload(self, bucket: str, key: str) -> "ErasureSetClient":
+        """The set holding the `.multipart` objects of an upload into bucket/key: this one."""
         return self
 
     async def close(self) -> None:
@@ -185,8 +222,9 @@ class ErasureSetClient:
             return quorum.majority(found)
         raise quorum.verdict(outcomes, self.read_quorum, f"get bucket {bucket}")
 
-    async def list_buckets(self) -> list[types_pb2.BucketInfo]:
-        request = storage_pb2.ListBucketsRequest()
+    async def list_buckets(self, *, include_system: bool = False) -> list[types_pb2.BucketInfo]:
+        """The S3 buckets; `include_system`: the system bucket `.multipart` too (healing)."""
+        request = storage_pb2.ListBucketsRequest(include_system=include_system)
         outcomes = await self._each_node(lambda s: s.ListBuckets(request, timeout=self.timeout))
         answers = [o for o in outcomes if not _failed(o)]
         if len(answers) < self.read_quorum:
@@ -211,13 +249,10 @@ class ErasureSetClient:
         return list(dict.fromkeys(m.address for m, o in zip(self.members, outcomes) if not _failed(o)))
 
     async def _restore_bucket(self, info: types_pb2.BucketInfo, addresses: list[str]) -> None:
-        make = storage_pb2.MakeBucketRequest(bucket=info.name, created_ns=info.created_ns)
+        # With its whole configuration (encryption, policy, tags) in the one call.
+        make = storage_pb2.MakeBucketRequest(bucket=info.name, created_ns=info.created_ns, info=info)
         await asyncio.gather(*(self._guard(self._stubs[a].MakeBucket(make, timeout=self.timeout), a)
                                for a in addresses))
-        if info.encryption.sse_algorithm:
-            enc = storage_pb2.SetBucketEncryptionRequest(bucket=info.name, encryption=info.encryption)
-            await asyncio.gather(*(self._guard(self._stubs[a].SetBucketEncryption(enc, timeout=self.timeout), a)
-                                   for a in addresses))
 
     async def set_bucket_encryption(self, bucket: str,
                                     enc: types_pb2.BucketEncryption | None) -> types_pb2.BucketInfo:
@@ -228,6 +263,19 @@ class ErasureSetClient:
         if len(done) >= self.write_quorum:
             return done[0]
         raise quorum.verdict(outcomes, self.write_quorum, f"set encryption of bucket {bucket}")
+
+    async def update_bucket(self, bucket: str, *, policy_json: str | None = None,
+                            tags: dict[str, str] | None = None) -> types_pb2.BucketInfo:
+        """Replaces the bucket policy (policy_json; "" deletes it) and/or the bucket tags ({}
+        deletes them); None leaves that one unchanged. Write quorum of nodes."""
+        request = storage_pb2.UpdateBucketRequest(bucket=bucket, set_policy=policy_json is not None,
+                                                  policy_json=policy_json or "", set_tags=tags is not None,
+                                                  tags=tags or {})
+        outcomes = await self._each_node(lambda s: s.UpdateBucket(request, timeout=self.timeout))
+        done = [o for o in outcomes if not _failed(o)]
+        if len(done) >= self.write_quorum:
+            return done[0]
+        raise quorum.verdict(outcomes, self.write_quorum, f"update bucket {bucket}")
 
     # ---- object metadata -----------------------------------------------------------------
 
@@ -394,6 +442,59 @@ class ErasureSetClient:
         raise quorum.commit_failure(outcomes, len(committed), len(self.members), self.write_quorum,
                                     f"commit {meta.bucket}/{meta.key}")
 
+    async def complete_multipart(self, meta: types_pb2.ObjectMeta, members: list[int] | None = None) -> None:
+        """Completes an upload: `meta` is the object's metadata (data_id = the upload id, parts in
+        order, each with the data id and stripe count of its part object as listed), sent to
+        `members` (None: all; each gets shard_index = its index). Each member moves its part
+        shards into the object, commits it (the replaced version kept for an undo) and removes
+        the upload's record and part objects.
+
+        InvalidPart when members hold another data id for a part (nothing moved there).
+        Below write_quorum the completion is undone where it happened (conditional delete of
+        meta.data_id, which puts the replaced version back; a newer PUT is never deleted) and
+        the error raised (SlowDown, StorageFull, InvalidPart); the parts then survive only on
+        the members that did not complete."""
+        targets = self.members if members is None else [self.members[i] for i in members]
+        # Moving thousands of part shards and removing their objects takes longer than a metadata call.
+        timeout = self.timeout + 0.005 * len(meta.parts)
+
+        def call(m: Member):
+            copy = types_pb2.ObjectMeta()
+            copy.CopyFrom(meta)
+            copy.shard_index = m.index
+            return m.stub.CompleteMultipart(storage_pb2.CompleteMultipartRequest(
+                meta=copy, drive=m.drive, upload_id=meta.data_id), timeout=timeout)
+        outcomes = await self._each_member(call, targets)
+        committed = [m for m, o in zip(targets, outcomes) if not _failed(o)]
+        if len(committed) >= self.write_quorum:
+            return
+        if committed:
+            log.warning("completion of %s/%s (upload %s) reached %d of %d drives; undoing",
+                        meta.bucket, meta.key, meta.data_id, len(committed), self.write_quorum)
+
+            def undo(m: Member):
+                return m.stub.DeleteObject(storage_pb2.ObjectRequest(
+                    bucket=meta.bucket, key=meta.key, drive=m.drive, data_id=meta.data_id), timeout=self.timeout)
+            await self._each_member(undo, committed)
+        if quorum.count(outcomes, errors.InvalidPart):
+            raise quorum.first_of(outcomes, errors.InvalidPart)
+        if not committed:
+            raise quorum.verdict(outcomes, self.write_quorum, f"complete {meta.bucket}/{meta.key}")
+        raise quorum.commit_failure(outcomes, len(committed), len(targets), self.write_quorum,
+                                    f"complete {meta.bucket}/{meta.key}")
+
+    async def update_object_tags(self, bucket: str, key: str, data_id: str, tags: dict[str, str]) -> None:
+        """Replaces the tags of version `data_id` on every member holding it as current. Below
+        write_quorum: PreconditionFailed when the object changed meanwhile on enough members
+        (NoSuchKey when it is gone), else SlowDown."""
+        def call(m: Member):
+            return m.stub.UpdateObjectTags(storage_pb2.UpdateObjectTagsRequest(
+                bucket=bucket, key=key, drive=m.drive, expect_data_id=data_id, tags=tags), timeout=self.timeout)
+        outcomes = await self._each_member(call)
+        if quorum.reached(outcomes, self.write_quorum):
+            return
+        raise quorum.verdict(outcomes, self.write_quorum, f"tag {bucket}/{key}")
+
     async def heal_commit(self, commit: HealCommit) -> None:
         """Commits a healed shard on one member, only if its current version is still the one the
         heal saw: a concurrent PUT or DELETE wins over the heal (PreconditionFailed)."""
@@ -404,7 +505,8 @@ class ErasureSetClient:
         try:
             await m.stub.CommitObject(storage_pb2.CommitObjectRequest(
                 upload_id=commit.upload_id, meta=copy, drive=m.drive, conditional=True,
-                expect_data_id=commit.expect_data_id, inline_block=commit.inline_block),
+                expect_data_id=commit.expect_data_id, inline_block=commit.inline_block,
+                part_uploads=dict(commit.part_uploads)),
                 timeout=self.timeout)
         except grpc.RpcError as exc:
             raise errors.from_rpc_error(exc) from None
@@ -452,16 +554,12 @@ class ErasureSetClient:
             cursor = page.entries[-1].key
 
     async def make_bucket_on(self, address: str, info: types_pb2.BucketInfo) -> bool:
-        """Heals a bucket on one node (its drives that lack it); True if any drive got it."""
+        """Heals a bucket on one node (its drives that lack it, with the quorum's configuration:
+        encryption, policy, tags); True if any drive got it."""
         stub = self._stubs[address]
         made = await self._guard(stub.MakeBucket(storage_pb2.MakeBucketRequest(
-            bucket=info.name, created_ns=info.created_ns), timeout=self.timeout), address)
-        if _failed(made):
-            return False
-        if info.encryption.sse_algorithm:
-            await self._guard(stub.SetBucketEncryption(storage_pb2.SetBucketEncryptionRequest(
-                bucket=info.name, encryption=info.encryption), timeout=self.timeout), address)
-        return True
+            bucket=info.name, created_ns=info.created_ns, info=info), timeout=self.timeout), address)
+        return not _failed(made)
 
     async def delete_version(self, member: int, version: StoredVersion) -> None:
         """Removes one member's copy of `version` (a dangling leftover), if still current there."""
@@ -506,7 +604,15 @@ class ErasureSets:
         self.read_quorum, self.write_quorum = first.read_quorum, first.write_quorum
 
     def set_for(self, bucket: str, key: str) -> ErasureSetClient:
+        if bucket == SYSTEM_BUCKET:
+            # A system key does not name the completed object, whose set the upload must share.
+            raise errors.InvalidArgument("objects of .multipart live in their upload's set: use set_for_upload")
         return self.sets[set_of(bucket, key, len(self.sets), self.deployment_id)]
+
+    def set_for_upload(self, bucket: str, key: str) -> ErasureSetClient:
+        """The set holding the `.multipart` objects (record, parts) of an upload into bucket/key:
+        the set of that object, since CompleteMultipart moves the part shards into it."""
+        return self.set_for(bucket, key)
 
     async def close(self) -> None:
         await asyncio.gather(*(ch.close() for ch in self._channels.values()), return_exceptions=True)
@@ -553,9 +659,9 @@ class ErasureSets:
             raise (missing or outcomes)[0]
         return quorum.majority(found)
 
-    async def list_buckets(self) -> list[types_pb2.BucketInfo]:
+    async def list_buckets(self, *, include_system: bool = False) -> list[types_pb2.BucketInfo]:
         """The buckets every set that answered has (as get_bucket, a set below quorum is skipped)."""
-        outcomes = await self._each_set(lambda s: s.list_buckets())
+        outcomes = await self._each_set(lambda s: s.list_buckets(include_system=include_system))
         answers = [o for o in outcomes if not _failed(o)]
         if not answers:
             raise outcomes[0]
@@ -584,6 +690,14 @@ class ErasureSets:
     async def set_bucket_encryption(self, bucket: str,
                                     enc: types_pb2.BucketEncryption | None) -> types_pb2.BucketInfo:
         outcomes = await self._each_set(lambda s: s.set_bucket_encryption(bucket, enc))
+        for o in outcomes:
+            if _failed(o):
+                raise o
+        return outcomes[0]
+
+    async def update_bucket(self, bucket: str, *, policy_json: str | None = None,
+                            tags: dict[str, str] | None = None) -> types_pb2.BucketInfo:
+        outcomes = await self._each_set(lambda s: s.update_bucket(bucket, policy_json=policy_json, tags=tags))
         for o in outcomes:
             if _failed(o):
                 raise o
@@ -622,6 +736,13 @@ class ErasureSets:
 
     async def update_object_encryption(self, update: EncryptionUpdate) -> None:
         await self.set_for(update.bucket, update.key).update_object_encryption(update)
+
+    async def complete_multipart(self, meta: types_pb2.ObjectMeta, members: list[int] | None = None) -> None:
+        """In the completed object's set, which holds the upload (set_for_upload)."""
+        await self.set_for(meta.bucket, meta.key).complete_multipart(meta, members)
+
+    async def update_object_tags(self, bucket: str, key: str, data_id: str, tags: dict[str, str]) -> None:
+        await self.set_for(bucket, key).update_object_tags(bucket, key, data_id, tags)
 
     async def node_status(self) -> list[storage_pb2.NodeStatusResponse | errors.SealstoreError]:
         """Each storage node's status (or its error), in address order over all sets."""

@@ -12,6 +12,10 @@ Layout under the drive root:
         <data_id>.shard                         the shard of the version meta.json names (none when
                                                 the object is small: then the shard is inline,
                                                 inside meta.json, and a PUT is one write per drive)
+        <part.data_id>.shard                    a multipart object (meta.parts): one shard per part
+                                                instead (sealstore/erasure/versions.py)
+    buckets/.multipart/                         the system bucket of uploads in progress (records and
+                                                part objects, sealstore/multipart.py), on every drive
 
 Hashing the key gives every S3 key (up to 1024 bytes, any characters) a short, safe path;
 the real key is inside meta.json.
@@ -27,8 +31,15 @@ at most an orphan shard file that no meta.json names.
 The servicer runs drive calls in a thread pool, so that file I/O never blocks the node's
 event loop: calls on one drive run concurrently. Everything that reads and then rewrites an
 object's folder (commit, delete, undo, rewrap, orphan removal, opening a shard) holds that
-object's lock; a folder is never locked while another is (no lock order to get wrong). Plain
-metadata reads need no lock: meta.json is only ever replaced by a rename.
+object's lock; a folder is never locked while another is (no lock order to get wrong), with
+one exception in a fixed order: CompleteMultipart holds the completed object's folder while it
+takes, one at a time, the folders of the upload's part objects in `.multipart` (never the
+reverse, and never `.multipart` as the completed object's bucket). Plain metadata reads need no
+lock: meta.json is only ever replaced by a rename.
+
+Multipart (CompleteMultipart): the part objects' shard files are renamed into the completed
+object's folder, then its meta.json is written as a commit writes it, then the upload's record
+and part objects are removed from the drive. A retry finds the shards already moved.
 """
 from __future__ import annotations
 
@@ -48,10 +59,12 @@ from pathlib import Path
 
 from google.protobuf import json_format
 
-from sealstore import errors
+from sealstore import errors, multipart
 from sealstore.config import write_file_atomic
 from sealstore.erasure.framing import InlineShardReader, frame_blocks, verify_inline
 from sealstore.erasure.quorum import CORRUPT_COPY
+from sealstore.erasure.versions import is_composite, shard_files, shard_names
+from sealstore.multipart import SYSTEM_BUCKET
 from sealstore.v1 import storage_pb2, types_pb2
 
 from services.storage.index import INDEX_FILE, ListingIndex, Row, identity_text
@@ -75,7 +88,10 @@ _UPLOAD_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")
 
 
 def validate_bucket_name(name: str) -> None:
-    """S3's rules: 3-63 chars of a-z 0-9 . -, starting and ending alphanumeric, no '..', not an IP."""
+    """S3's rules: 3-63 chars of a-z 0-9 . -, starting and ending alphanumeric, no '..', not an IP;
+    and the one system bucket, `.multipart`, which no S3 name can be."""
+    if name == SYSTEM_BUCKET:
+        return
     if (not _BUCKET_NAME.match(name) or ".." in name or ".-" in name or "-." in name
             or _IP_ADDRESS.match(name)):
         raise errors.InvalidBucketName(f"The specified bucket is not valid: {name!r}", resource=name)
@@ -135,19 +151,59 @@ def _parse_meta(raw: bytes, where: Path | str = "meta.json") -> types_pb2.Object
     return meta
 
 
+def _check_parts(meta: types_pb2.ObjectMeta) -> None:
+    """InvalidArgument unless meta.parts describes shard files this drive can hold: a part object
+    names itself (its one part has its data_id and stripe count); a multipart object names
+    distinct, valid data ids in ascending part order. Neither is ever inline (Complete moves shard
+    files, and a part's shard is read by its data id)."""
+    if not meta.parts:
+        return
+    if meta.inline:
+        raise errors.InvalidArgument("a part object or multipart object is never inline")
+    if not is_composite(meta):
+        if meta.parts[0].stripe_count != meta.erasure.stripe_count:
+            raise errors.InvalidArgument("a part object's part must have the object's stripe count")
+        return
+    seen: set[str] = set()
+    number = 0
+    for part in meta.parts:
+        validate_upload_id(part.data_id)
+        if part.data_id in seen or part.data_id == meta.data_id or part.number <= number:
+            raise errors.InvalidArgument("the parts of a multipart object are distinct, in ascending order")
+        seen.add(part.data_id)
+        number = part.number
+
+
 def _file_identity(path: Path) -> tuple[int, ...]:
     """Changes whenever the file is replaced or rewritten (meta.json is only ever replaced)."""
     st = os.stat(path)
     return st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size
 
 
-def _row_of(meta: types_pb2.ObjectMeta, identity: tuple[int, ...]) -> Row:
-    return Row(meta.key, meta.size, meta.etag, meta.mtime_ns, meta.data_id, identity_text(identity))
+def _row_of(meta: types_pb2.ObjectMeta, identity: tuple[int, ...] | str) -> Row:
+    ident = identity if isinstance(identity, str) else identity_text(identity)
+    return Row(meta.key, meta.size, meta.etag, meta.mtime_ns, meta.data_id, ident, _listing_extra(meta))
+
+
+def _listing_extra(meta: types_pb2.ObjectMeta) -> bytes:
+    """What a listing of `.multipart` returns beside the key: the part a part object holds, or
+    what an upload record completes into (a serialized partial ObjectEntry), so that ListParts
+    and ListMultipartUploads need no metadata read per row. Nothing for other buckets."""
+    if meta.bucket != SYSTEM_BUCKET:
+        return b""
+    extra = storage_pb2.ObjectEntry()
+    if meta.HasField("upload"):
+        extra.upload.CopyFrom(meta.upload)
+    if meta.parts:
+        extra.part.CopyFrom(meta.parts[0])
+    return extra.SerializeToString(deterministic=True)
 
 
 def _entry_of(row: Row) -> storage_pb2.ObjectEntry:
-    return storage_pb2.ObjectEntry(key=row.key, size=row.size, etag=row.etag, mtime_ns=row.mtime_ns,
-                                   data_id=row.data_id)
+    entry = storage_pb2.ObjectEntry.FromString(row.extra) if row.extra else storage_pb2.ObjectEntry()
+    entry.key, entry.size, entry.etag, entry.mtime_ns, entry.data_id = (row.key, row.size, row.etag, row.mtime_ns,
+                                                                        row.data_id)
+    return entry
 
 
 def _key_hash(key: str) -> str:
@@ -228,17 +284,26 @@ class Drive:
         """Creates the drive's folders and format file if they are missing (new or emptied drive)."""
         if self.refusal:
             raise errors.ServiceUnavailable(f"drive refused: {self.refusal}")
-        if self.buckets.is_dir() and self.tmp.is_dir() and (self.identity is None or self.format_file.exists()):
+        if self._laid_out():
             return
         with self._layout_lock:
             self._make_layout()
 
+    def _laid_out(self) -> bool:
+        return (self.buckets.is_dir() and self.tmp.is_dir() and (self.identity is None or self.format_file.exists())
+                and (self.buckets / SYSTEM_BUCKET / "bucket.json").exists())
+
     def _make_layout(self) -> None:
-        if self.buckets.is_dir() and self.tmp.is_dir() and (self.identity is None or self.format_file.exists()):
+        if self._laid_out():
             return  # another thread did it
         self.root.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(exist_ok=True)
         self.buckets.mkdir(exist_ok=True)
+        system = self.buckets / SYSTEM_BUCKET
+        if not (system / "bucket.json").exists():
+            # created_ns 0 on every drive: the copies agree byte for byte (bucket quorum, heal).
+            _mkdirs_durable(system / "objects", self.buckets)
+            write_file_atomic(system / "bucket.json", _to_json(types_pb2.BucketInfo(name=SYSTEM_BUCKET)), mode=0o644)
         if self.identity is not None and not self.format_file.exists():
             self.format_file.parent.mkdir(exist_ok=True)
             write_file_atomic(self.format_file, self.identity.to_json(), mode=0o644)
@@ -269,41 +334,69 @@ class Drive:
     def _existing_bucket_dir(self, bucket: str) -> Path:
         path = self._bucket_dir(bucket)
         if not (path / "bucket.json").exists():
-            raise errors.NoSuchBucket(resource=bucket)
+            if bucket != SYSTEM_BUCKET:
+                raise errors.NoSuchBucket(resource=bucket)
+            self.ensure_layout()  # the drive was emptied while we ran: the system bucket comes back first
         return path
 
     def has_bucket(self, bucket: str) -> bool:
         return (self._bucket_dir(bucket) / "bucket.json").exists()
 
-    def make_bucket(self, bucket: str, created_ns: int) -> types_pb2.BucketInfo:
+    def make_bucket(self, bucket: str, created_ns: int,
+                    info: types_pb2.BucketInfo | None = None) -> types_pb2.BucketInfo:
+        """Creates the bucket; `info` (healing): with that configuration. The system bucket is
+        made with the drive's layout (this only puts it back on an emptied drive)."""
         self.ensure_layout()
+        if bucket == SYSTEM_BUCKET:
+            return self.get_bucket(bucket)
         path = self._bucket_dir(bucket)
         if (path / "bucket.json").exists():
             raise errors.BucketAlreadyOwnedByYou(resource=bucket)
-        info = types_pb2.BucketInfo(name=bucket, created_ns=created_ns)
+        made = types_pb2.BucketInfo(name=bucket, created_ns=created_ns)
+        if info is not None:
+            made.CopyFrom(info)
+            made.name = bucket
         _mkdirs_durable(path / "objects", self.buckets)
-        write_file_atomic(path / "bucket.json", _to_json(info), mode=0o644)
-        return info
+        write_file_atomic(path / "bucket.json", _to_json(made), mode=0o644)
+        return made
 
     def get_bucket(self, bucket: str) -> types_pb2.BucketInfo:
         path = self._existing_bucket_dir(bucket)
         return json_format.Parse((path / "bucket.json").read_bytes(), types_pb2.BucketInfo(),
                                  ignore_unknown_fields=True)
 
-    def list_buckets(self) -> list[types_pb2.BucketInfo]:
+    def list_buckets(self, include_system: bool = False) -> list[types_pb2.BucketInfo]:
+        """The S3 buckets on the drive; with `include_system`, the system bucket too."""
         infos = []
         if not self.buckets.is_dir():  # emptied while running: no buckets until healed
             return infos
         for path in sorted(self.buckets.iterdir()):
+            if path.name == SYSTEM_BUCKET and not include_system:
+                continue
             if (path / "bucket.json").exists():
                 infos.append(self.get_bucket(path.name))
         return infos
 
     def set_bucket_encryption(self, bucket: str, enc: types_pb2.BucketEncryption) -> types_pb2.BucketInfo:
+        if bucket == SYSTEM_BUCKET:
+            raise errors.InvalidBucketName(f"{bucket} is a system bucket", resource=bucket)
         info = self.get_bucket(bucket)
         info.ClearField("encryption")
         if enc.sse_algorithm:
             info.encryption.CopyFrom(enc)
+        write_file_atomic(self._bucket_dir(bucket) / "bucket.json", _to_json(info), mode=0o644)
+        return info
+
+    def update_bucket(self, bucket: str, request: storage_pb2.UpdateBucketRequest) -> types_pb2.BucketInfo:
+        """Replaces the bucket's policy and/or tags (each only when its set_ flag is on)."""
+        if bucket == SYSTEM_BUCKET:
+            raise errors.InvalidBucketName(f"{bucket} is a system bucket", resource=bucket)
+        info = self.get_bucket(bucket)
+        if request.set_policy:
+            info.policy_json = request.policy_json
+        if request.set_tags:
+            info.tags.clear()
+            info.tags.update(request.tags)
         write_file_atomic(self._bucket_dir(bucket) / "bucket.json", _to_json(info), mode=0o644)
         return info
 
@@ -312,6 +405,8 @@ class Drive:
         return next(self._meta_files(objects), None) is None
 
     def delete_bucket(self, bucket: str) -> None:
+        if bucket == SYSTEM_BUCKET:
+            raise errors.InvalidBucketName(f"{bucket} is a system bucket", resource=bucket)
         path = self._existing_bucket_dir(bucket)
         if not self.is_bucket_empty(bucket):
             raise errors.BucketNotEmpty(resource=bucket)
@@ -426,8 +521,7 @@ class Drive:
             if meta is None:
                 continue  # its row, if any, is dropped below
             found.add(meta.key)
-            changes.append((meta.key, known.get(meta.key), Row(meta.key, meta.size, meta.etag, meta.mtime_ns,
-                                                               meta.data_id, identity)))
+            changes.append((meta.key, known.get(meta.key), _row_of(meta, identity)))
             if len(changes) >= 5000:
                 self.index.replace_many(bucket, changes)
                 changes.clear()
@@ -528,29 +622,39 @@ class Drive:
             pass
 
     def commit_object(self, upload_id: str, meta: types_pb2.ObjectMeta, *, conditional: bool = False,
-                      expect_data_id: str = "", inline_block: bytes | None = None) -> None:
+                      expect_data_id: str = "", inline_block: bytes | None = None,
+                      part_uploads: dict[str, str] | None = None) -> None:
         """Makes the uploaded shard and `meta` the current version of meta.key (see _commit)."""
         obj_dir = self._object_dir(meta.bucket, meta.key)
         self._expire_retained()
         with self._locked(obj_dir):
-            self._commit(upload_id, meta, obj_dir, conditional, expect_data_id, inline_block)
+            self._commit(upload_id, meta, obj_dir, conditional, expect_data_id, inline_block, part_uploads or {})
             self._index_current(meta.bucket, meta.key, obj_dir)
 
     def _commit(self, upload_id: str, meta: types_pb2.ObjectMeta, obj_dir: Path, conditional: bool,
-                expect_data_id: str, inline_block: bytes | None) -> None:
+                expect_data_id: str, inline_block: bytes | None, part_uploads: dict[str, str]) -> None:
         """Makes the uploaded shard and `meta` the current version of meta.key (see module doc).
 
         `conditional` (healing): only if the current version's data_id is `expect_data_id` ("" =
         no copy, CORRUPT_COPY = an unreadable copy), else PreconditionFailed; the upload id may
         then differ from meta.data_id.
         `meta.inline`: the shard is `inline_block` (no uploaded shard), kept inside meta.json.
+        A multipart object is committed here only by healing: `part_uploads` (part data_id ->
+        upload id) are its rebuilt part shards, and every other part's shard must be on the drive.
         An unreadable current copy is overwritten like any other, but never kept for an undo."""
+        composite = is_composite(meta)
         if meta.data_id != upload_id and not conditional:
             raise errors.InvalidArgument(f"meta.data_id {meta.data_id!r} differs from upload id {upload_id!r}")
         validate_upload_id(meta.data_id)
-        tmp = self._tmp_shard(upload_id)
+        _check_parts(meta)
+        if composite and not conditional:
+            raise errors.InvalidArgument("a multipart object is made by CompleteMultipart, not CommitObject")
+        if part_uploads and not composite:
+            raise errors.InvalidArgument("part_uploads is for healing a multipart object")
         stored = types_pb2.ObjectMeta()
         stored.CopyFrom(meta)
+        uploads: dict[str, Path] = {}
+        """Shard file name in the object's folder -> the temporary shard that becomes it."""
         if meta.inline:
             # Never trust a caller's framing: frame (and checksum) the block here.
             stored.inline_shard = frame_blocks([inline_block] if inline_block else [])
@@ -559,44 +663,166 @@ class Drive:
                                              f"and {'one' if inline_block else 'no'} block was sent")
         else:
             stored.ClearField("inline_shard")
-            if not tmp.exists():
-                raise errors.InvalidRequest(f"upload {upload_id} has no shard on this drive")
+            named = {p.data_id for p in meta.parts} if composite else {meta.data_id}
+            for data_id, upload in (part_uploads.items() if composite else [(meta.data_id, upload_id)]):
+                if data_id not in named:
+                    raise errors.InvalidArgument(f"{data_id!r} is not a part of {meta.bucket}/{meta.key}")
+                uploads[f"{data_id}.shard"] = self._tmp_shard(upload)
+            for tmp in uploads.values():
+                if not tmp.exists():
+                    raise errors.InvalidRequest(f"upload {tmp.stem} has no shard on this drive")
         previous, corrupt = self._read_meta_or_corrupt(obj_dir)
         held = CORRUPT_COPY if corrupt else previous.data_id if previous is not None else ""
         if conditional and held != expect_data_id:
-            self.abort_upload(upload_id)
+            for tmp in uploads.values():
+                tmp.unlink(missing_ok=True)
             raise errors.PreconditionFailed(
                 f"{meta.bucket}/{meta.key} changed on this drive while it was healed "
                 f"(now {held or 'absent'}, expected {expect_data_id or 'absent'})")
+        absent = sorted(n for n in shard_names(meta) - set(uploads) if not (obj_dir / n).exists())
+        if absent:
+            for tmp in uploads.values():
+                tmp.unlink(missing_ok=True)
+            raise errors.InvalidRequest(f"{meta.bucket}/{meta.key}: shards {', '.join(absent)} are neither on "
+                                        f"this drive nor rebuilt")
         _mkdirs_durable(obj_dir, self.buckets)
         retain = not conditional and previous is not None and previous.data_id != meta.data_id
+        self._install(obj_dir, stored, previous, retain, uploads)
+        if uploads:
+            _fsync_dir(self.tmp)
+
+    def _install(self, obj_dir: Path, stored: types_pb2.ObjectMeta, previous: types_pb2.ObjectMeta | None,
+                 retain: bool, placed: dict[str, Path]) -> None:
+        """Renames each of `placed` (shard file name -> where it is now) into the object's folder,
+        then makes `stored` the current version (the commit protocol of the module doc);
+        `retain`: `previous` is kept for an undo, else its shards that `stored` does not name go."""
         if retain:
             self._drop_retained(obj_dir, None)  # an older kept version is no longer needed
             # Written before meta.json changes: a crash in between leaves a prev.json naming the
             # current version, harmless (an undo never restores the version it undoes), dropped
             # by the next overwrite or delete of the key.
             write_file_atomic(obj_dir / PREVIOUS_VERSION_FILE, (obj_dir / "meta.json").read_bytes(), mode=0o644)
-        if not meta.inline:
-            os.replace(tmp, obj_dir / f"{meta.data_id}.shard")
+        for name, source in placed.items():
+            if source != obj_dir / name:
+                os.replace(source, obj_dir / name)
         try:
-            # write_file_atomic fsyncs obj_dir after its rename, which also makes the shard rename durable.
+            # write_file_atomic fsyncs obj_dir after its rename, which also makes the shard renames durable.
             write_file_atomic(obj_dir / "meta.json", _to_json(stored), mode=0o644)
         except OSError:
-            # A full drive fails here: drop the shard no meta.json names, so the failed commit
-            # gives its space back instead of leaving an orphan until the next heal.
-            if not meta.inline and (previous is None or previous.data_id != meta.data_id):
-                self._remove_shard(obj_dir, meta.data_id)
+            # A full drive fails here: drop the shards no meta.json names, so the failed commit
+            # gives its space back instead of leaving orphans until the next heal.
+            for name in set(placed) - shard_names(previous):
+                (obj_dir / name).unlink(missing_ok=True)
             if retain:
                 (obj_dir / PREVIOUS_VERSION_FILE).unlink(missing_ok=True)
             raise
-        if not meta.inline:
-            _fsync_dir(self.tmp)
         if retain:
             with self._retained_lock:
                 self._retained.append((time.monotonic() + RETAIN_PREVIOUS_SECONDS, obj_dir, previous.data_id))
-        elif previous is not None and (previous.data_id != meta.data_id or meta.inline):
-            self._remove_shard(obj_dir, previous.data_id)
+            return
+        stale = shard_names(previous) - shard_names(stored)
+        for name in stale:
+            (obj_dir / name).unlink(missing_ok=True)
+        if stale:
             _fsync_dir(obj_dir)
+
+    def complete_multipart(self, meta: types_pb2.ObjectMeta, upload_id: str) -> None:
+        """CompleteMultipart on this drive (storage.proto): moves each part's shard out of its
+        part object into the object's folder, commits `meta` as commit_object does (the replaced
+        version kept for the undo), then removes the upload's record and part objects.
+
+        A part whose object is absent or unreadable here, or names another object (moved or
+        edited on the drive), stays missing (healing rebuilds it from the other drives); a part
+        object holding another data id than the one named fails the whole call with InvalidPart
+        before anything moves. Idempotent: a retry finds the shards moved, or the version current."""
+        multipart.validate_upload_id(upload_id)
+        if meta.bucket == SYSTEM_BUCKET:
+            raise errors.InvalidBucketName("an upload cannot complete into the system bucket", resource=meta.bucket)
+        if meta.data_id != upload_id or not is_composite(meta) or meta.inline:
+            raise errors.InvalidArgument("CompleteMultipart takes a multipart object's metadata whose data_id "
+                                         "is the upload id")
+        validate_upload_id(meta.data_id)
+        _check_parts(meta)
+        obj_dir = self._object_dir(meta.bucket, meta.key)
+        self._existing_bucket_dir(SYSTEM_BUCKET)
+        self._expire_retained()
+        with self._locked(obj_dir):
+            previous, _ = self._read_meta_or_corrupt(obj_dir)
+            if previous is None or previous.data_id != meta.data_id:
+                _mkdirs_durable(obj_dir, self.buckets)
+                placed = self._take_parts(meta, upload_id, obj_dir)
+                stored = types_pb2.ObjectMeta()
+                stored.CopyFrom(meta)
+                stored.ClearField("inline_shard")
+                self._install(obj_dir, stored, previous, previous is not None, placed)
+                self._index_current(meta.bucket, meta.key, obj_dir)
+        self._remove_upload(meta.bucket, upload_id, [p.number for p in meta.parts])
+
+    def _take_parts(self, meta: types_pb2.ObjectMeta, upload_id: str, obj_dir: Path) -> dict[str, Path]:
+        """The part shards of this drive to move into `obj_dir`: shard file name -> its path in its
+        part object (checked first for every part, so that an InvalidPart moves nothing)."""
+        placed: dict[str, Path] = {}
+        for part in meta.parts:
+            name = f"{part.data_id}.shard"
+            if (obj_dir / name).exists():
+                continue  # moved by an earlier attempt
+            key = multipart.part_key(meta.bucket, upload_id, part.number)
+            part_dir = self._object_dir(SYSTEM_BUCKET, key)
+            with self._locked(part_dir):
+                held, corrupt = self._read_meta_or_corrupt(part_dir)
+                if corrupt or held is None:
+                    continue
+                if held.bucket != SYSTEM_BUCKET or held.key != key:
+                    self._warn_once(part_dir / "meta.json", f"part {part.number} of upload {upload_id} names "
+                                                           f"another object ({held.bucket!r}/{held.key!r}); not used")
+                    continue
+                if held.data_id != part.data_id:
+                    raise errors.InvalidPart(f"part {part.number} of upload {upload_id} is {held.data_id} on this "
+                                             f"drive, not {part.data_id}")
+                if not held.parts or held.parts[0].stripe_count != part.stripe_count \
+                        or held.parts[0].stored_size != part.stored_size:
+                    raise errors.InvalidPart(f"part {part.number} of upload {upload_id}: its size or layout differs "
+                                             f"from the completion's")
+                if (part_dir / name).exists():
+                    placed[name] = part_dir / name
+        # Moved under each part's lock again: a part uploaded again since the check is left where it is.
+        moved: dict[str, Path] = {}
+        for part in meta.parts:
+            name = f"{part.data_id}.shard"
+            if name not in placed:
+                continue
+            part_dir = placed[name].parent
+            with self._locked(part_dir):
+                held, _ = self._read_meta_or_corrupt(part_dir)
+                if held is not None and held.data_id == part.data_id and placed[name].exists():
+                    os.replace(placed[name], obj_dir / name)
+                    moved[name] = obj_dir / name
+        # Already in place: _install renames each onto itself.
+        return moved
+
+    def _remove_upload(self, bucket: str, upload_id: str, numbers: list[int]) -> None:
+        """Removes the upload's record and every part object from this drive: the parts named, and
+        every part the listing index holds under the upload's prefix."""
+        keys = {multipart.record_key(bucket, upload_id)}
+        keys.update(multipart.part_key(bucket, upload_id, n) for n in numbers)
+        prefix = multipart.parts_prefix(bucket, upload_id)
+        if self.index is not None:
+            self._index_ready.wait()
+            after = ""
+            while True:
+                rows = self.index.page(SYSTEM_BUCKET, prefix, after, 1000)
+                listed = [r.key for r in rows if r.key.startswith(prefix)]
+                keys.update(listed)
+                if len(listed) < len(rows) or len(rows) < 1000:
+                    break
+                after = rows[-1].key
+        for key in sorted(keys):
+            part_dir = self._object_dir(SYSTEM_BUCKET, key)
+            with self._locked(part_dir):
+                # No fsync per folder: an upload's leftovers that a crash brings back are removed
+                # by the upload expiry (their record is gone), never read.
+                shutil.rmtree(part_dir, ignore_errors=True)
+        self._index_write(lambda index: index.remove_many(SYSTEM_BUCKET, keys))
 
     def _expire_retained(self) -> None:
         """Drops kept versions whose undo window is over, each under its own folder's lock (the
@@ -612,7 +838,7 @@ class Drive:
 
     def _drop_retained(self, obj_dir: Path, data_id: str | None) -> None:
         """Removes the kept previous version `data_id` (None: whichever is kept) of an object, its
-        shard only if meta.json does not name it (an undo may have made it current again)."""
+        shards only where meta.json does not name them (an undo may have made it current again)."""
         prev = obj_dir / PREVIOUS_VERSION_FILE
         try:
             kept = _parse_meta(prev.read_bytes())
@@ -623,15 +849,22 @@ class Drive:
             kept = None
         if kept is not None and data_id is not None and kept.data_id != data_id:
             return  # a later overwrite kept another version here; its own entry drops it
-        data_id = kept.data_id if kept is not None else data_id
         try:
             current = self._read_meta(obj_dir)
         except Exception:
             current = None
         prev.unlink(missing_ok=True)
-        if data_id and (current is None or current.data_id != data_id):
-            self._remove_shard(obj_dir, data_id)
+        stale = shard_names(kept) if kept is not None else {f"{data_id}.shard"} if data_id else set()
+        for name in stale - shard_names(current):
+            (obj_dir / name).unlink(missing_ok=True)
         _fsync_dir(obj_dir)
+
+    def _kept_version(self, obj_dir: Path) -> types_pb2.ObjectMeta | None:
+        """The previous version kept for an undo (prev.json), None if none or unreadable."""
+        try:
+            return _parse_meta((obj_dir / PREVIOUS_VERSION_FILE).read_bytes())
+        except (OSError, CorruptMetadata):
+            return None
 
     def _restore_previous(self, obj_dir: Path, failed: types_pb2.ObjectMeta) -> bool:
         """Undo of the overwrite that made `failed` current: puts back the version it replaced,
@@ -645,12 +878,12 @@ class Drive:
         except Exception as exc:
             log.warning("cannot restore from %s: %s", prev, exc)
             return False
-        if kept.data_id == failed.data_id or not (kept.inline or (obj_dir / f"{kept.data_id}.shard").exists()):
+        if kept.data_id == failed.data_id or not all((obj_dir / n).exists() for n in shard_names(kept)):
             return False
         write_file_atomic(obj_dir / "meta.json", raw, mode=0o644)
         prev.unlink()
-        if not failed.inline:
-            self._remove_shard(obj_dir, failed.data_id)
+        for name in shard_names(failed) - shard_names(kept):
+            (obj_dir / name).unlink(missing_ok=True)
         _fsync_dir(obj_dir)
         log.info("%s/%s: undone commit of %s, version %s restored", failed.bucket, failed.key, failed.data_id,
                  kept.data_id)
@@ -668,16 +901,32 @@ class Drive:
 
     def _update_encryption(self, obj_dir: Path, bucket: str, key: str, expect_data_id: str, encrypted_dek: bytes,
                            kms_key_version: int) -> None:
-        current = self._read_meta(obj_dir)
-        if current is None or current.data_id != expect_data_id:
-            raise errors.PreconditionFailed(
-                f"{bucket}/{key} changed on this drive while its key was rewrapped "
-                f"(now {current.data_id if current is not None else 'absent'}, expected {expect_data_id})")
+        current = self._current_version(obj_dir, bucket, key, expect_data_id, "its key was rewrapped")
         if not current.HasField("encryption"):
             raise errors.InvalidRequest(f"{bucket}/{key} is not encrypted with SSE-KMS")
         current.encryption.encrypted_dek = encrypted_dek
         current.encryption.kms_key_version = kms_key_version
         write_file_atomic(obj_dir / "meta.json", _to_json(current), mode=0o644)
+
+    def _current_version(self, obj_dir: Path, bucket: str, key: str, expect_data_id: str,
+                         while_what: str) -> types_pb2.ObjectMeta:
+        current = self._read_meta(obj_dir)
+        if current is None or current.data_id != expect_data_id:
+            raise errors.PreconditionFailed(
+                f"{bucket}/{key} changed on this drive while {while_what} "
+                f"(now {current.data_id if current is not None else 'absent'}, expected {expect_data_id})")
+        return current
+
+    def update_tags(self, bucket: str, key: str, expect_data_id: str, tags: dict[str, str]) -> None:
+        """Object tagging: replaces the tags of version `expect_data_id` in meta.json (atomic
+        rewrite, shards untouched); PreconditionFailed if another version is current."""
+        obj_dir = self._object_dir(bucket, key)
+        with self._locked(obj_dir):
+            current = self._current_version(obj_dir, bucket, key, expect_data_id, "its tags were set")
+            current.tags.clear()
+            current.tags.update(tags)
+            write_file_atomic(obj_dir / "meta.json", _to_json(current), mode=0o644)
+            self._index_current(bucket, key, obj_dir)
 
     def check_shard(self, bucket: str, key: str, deep: bool = False) -> storage_pb2.CheckShardResponse:
         """This drive's copy of one object, for healing; removes orphan shard files of the key.
@@ -700,8 +949,10 @@ class Drive:
             return State(state=State.META_CORRUPT, detail=corrupt.message)
         orphans = 0
         if obj_dir.is_dir():
+            # The version kept for an undo keeps its shards until its window is over.
+            wanted = shard_names(meta) | shard_names(self._kept_version(obj_dir))
             for leftover in obj_dir.glob("*.shard"):
-                if meta is None or meta.inline or leftover.name != f"{meta.data_id}.shard":
+                if leftover.name not in wanted:
                     leftover.unlink(missing_ok=True)
                     orphans += 1
             if orphans:
@@ -712,28 +963,43 @@ class Drive:
             problem = verify_inline(meta.inline_shard, meta.erasure.stripe_count)
             meta.ClearField("inline_shard")
             return State(state=State.SHARD_CORRUPT if problem else State.OK, meta=meta, orphans_removed=orphans,
-                         detail=problem)
-        path = obj_dir / f"{meta.data_id}.shard"
-        if not path.exists():
-            return State(state=State.SHARD_MISSING, meta=meta, orphans_removed=orphans, detail="shard file missing")
-        problem = verify_shard(path, meta.erasure.stripe_count, deep)
-        if problem:
-            return State(state=State.SHARD_CORRUPT, meta=meta, orphans_removed=orphans, detail=problem)
+                         detail=problem, bad_shards=[meta.data_id] if problem else [])
+        missing, bad = [], []
+        for shard in shard_files(meta):
+            path = obj_dir / f"{shard.data_id}.shard"
+            if not path.exists():
+                missing.append(shard.data_id)
+                continue
+            problem = verify_shard(path, shard.stripe_count, deep)
+            if problem:
+                bad.append((shard.data_id, problem))
+        composite = is_composite(meta)
+        if missing:
+            detail = f"part shards missing: {', '.join(missing)}" if composite else "shard file missing"
+            return State(state=State.SHARD_MISSING, meta=meta, orphans_removed=orphans, detail=detail,
+                         bad_shards=missing + [d for d, _ in bad])
+        if bad:
+            detail = "; ".join(f"part {d}: {p}" for d, p in bad) if composite else bad[0][1]
+            return State(state=State.SHARD_CORRUPT, meta=meta, orphans_removed=orphans, detail=detail,
+                         bad_shards=[d for d, _ in bad])
         return State(state=State.OK, meta=meta, orphans_removed=orphans)
 
-    def verify_current_shard(self, meta: types_pb2.ObjectMeta) -> str:
-        """Deep check of the shard of version `meta` ("" = every block passes its checksum)."""
+    def corrupt_shards(self, meta: types_pb2.ObjectMeta) -> list[tuple[str, str]]:
+        """Deep check of the shard files of version `meta`: (data_id, problem) of each shard with a
+        block failing its checksum (or missing); empty when every block of every shard passes."""
         if meta.inline:
-            return ""  # check_shard verified every checksum of the inline shard already
-        path = self._object_dir(meta.bucket, meta.key) / f"{meta.data_id}.shard"
-        return verify_shard(path, meta.erasure.stripe_count, deep=True)
+            return []  # check_shard verified every checksum of the inline shard already
+        obj_dir = self._object_dir(meta.bucket, meta.key)
+        found = []
+        for shard in shard_files(meta):
+            problem = verify_shard(obj_dir / f"{shard.data_id}.shard", shard.stripe_count, deep=True)
+            if problem:
+                found.append((shard.data_id, problem))
+        return found
 
-    @staticmethod
-    def _remove_shard(obj_dir: Path, data_id: str) -> None:
-        try:
-            (obj_dir / f"{data_id}.shard").unlink()
-        except FileNotFoundError:
-            pass
+    def verify_current_shard(self, meta: types_pb2.ObjectMeta) -> str:
+        """Deep check of the shards of version `meta` ("" = every block passes its checksum)."""
+        return "; ".join(p if len(meta.parts) <= 1 else f"part {d}: {p}" for d, p in self.corrupt_shards(meta))
 
     def get_object_meta(self, bucket: str, key: str) -> types_pb2.ObjectMeta:
         meta = self._read_meta(self._object_dir(bucket, key))
@@ -754,14 +1020,29 @@ class Drive:
         meta = self._read_meta(obj_dir)
         if meta is None:
             raise errors.NoSuchKey(resource=key)
-        if data_id and meta.data_id != data_id:
-            raise errors.NoSuchKey(f"version {data_id} of {key!r} is no longer stored here", resource=key)
         if meta.inline:
+            if data_id and meta.data_id != data_id:
+                raise errors.NoSuchKey(f"version {data_id} of {key!r} is no longer stored here", resource=key)
             return InlineShardReader(meta.inline_shard, meta.erasure.stripe_count, f"{meta.data_id} (inline)")
+        files = shard_files(meta)
+        chosen = next((f for f in files if f.data_id == data_id), None) if data_id else \
+            files[0] if len(files) == 1 else None
+        if chosen is None:
+            if is_composite(meta) and data_id in ("", meta.data_id):
+                raise errors.InvalidArgument(f"{bucket}/{key} is a multipart object: a shard read names the data "
+                                             f"id of one of its parts")
+            raise errors.NoSuchKey(f"version {data_id} of {key!r} is no longer stored here", resource=key)
         try:
-            return ShardReader(obj_dir / f"{meta.data_id}.shard", meta.erasure.stripe_count)
+            reader = ShardReader(obj_dir / f"{chosen.data_id}.shard", chosen.stripe_count)
         except FileNotFoundError:
-            raise errors.ObjectTampered(f"the shard file of {bucket}/{key} is missing", resource=key) from None
+            what = f"part {chosen.data_id}" if is_composite(meta) else "the shard file"
+            raise errors.ObjectTampered(f"{what} of {bucket}/{key} is missing", resource=key) from None
+        try:
+            reader.check_size()
+        except BaseException:
+            reader.close()
+            raise
+        return reader
 
     def delete_object(self, bucket: str, key: str, only_data_id: str = "") -> None:
         """Removes the object if present (idempotent). meta.json goes first: then it is invisible.
@@ -850,7 +1131,7 @@ class Drive:
         if identity == row.ident:
             return row
         meta = self._listable_meta(path, bucket) if identity is not None else None
-        fresh = None if meta is None else Row(meta.key, meta.size, meta.etag, meta.mtime_ns, meta.data_id, identity)
+        fresh = None if meta is None else _row_of(meta, identity)
         self._index_write(lambda index: index.replace_if(bucket, row.key, row.ident, fresh))
         return fresh
 

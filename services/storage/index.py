@@ -31,7 +31,8 @@ import threading
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2 added `extra` (listing.py's per-row payload of `.multipart` rows); a version 1 file is migrated."""
 INDEX_FILE = "listing.sqlite3"
 
 
@@ -42,6 +43,8 @@ class Row(NamedTuple):
     mtime_ns: int
     data_id: str
     ident: str
+    extra: bytes = b""
+    """`.multipart` rows: a serialized partial ObjectEntry (the part, or the upload) listed as is."""
 
 
 def identity_text(identity: tuple[int, ...]) -> str:
@@ -71,12 +74,17 @@ class ListingIndex:
             db.execute("PRAGMA journal_mode=DELETE")
             db.execute("PRAGMA synchronous=OFF")
             version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
+            if version not in (0, 1, SCHEMA_VERSION):
                 raise sqlite3.DatabaseError(f"listing index schema {version}, expected {SCHEMA_VERSION}")
             if version == 0:
                 db.execute("CREATE TABLE IF NOT EXISTS objects (bucket TEXT NOT NULL, key BLOB NOT NULL, "
                            "size INTEGER NOT NULL, etag TEXT NOT NULL, mtime_ns INTEGER NOT NULL, "
-                           "data_id TEXT NOT NULL, ident TEXT NOT NULL, PRIMARY KEY (bucket, key)) WITHOUT ROWID")
+                           "data_id TEXT NOT NULL, ident TEXT NOT NULL, extra BLOB NOT NULL DEFAULT x'', "
+                           "PRIMARY KEY (bucket, key)) WITHOUT ROWID")
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            elif version == 1:
+                # No `.multipart` rows existed then: every row's extra is empty.
+                db.execute("ALTER TABLE objects ADD COLUMN extra BLOB NOT NULL DEFAULT x''")
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except BaseException:
             db.close()
@@ -102,12 +110,18 @@ class ListingIndex:
 
     def put(self, bucket: str, row: Row) -> None:
         with self._session() as db:
-            db.execute("INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?)",
-                             (bucket, row.key.encode(), row.size, row.etag, row.mtime_ns, row.data_id, row.ident))
+            db.execute("INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (bucket, row.key.encode(), row.size, row.etag, row.mtime_ns, row.data_id, row.ident,
+                        row.extra))
 
     def remove(self, bucket: str, key: str) -> None:
         with self._session() as db:
             db.execute("DELETE FROM objects WHERE bucket = ? AND key = ?", (bucket, key.encode()))
+
+    def remove_many(self, bucket: str, keys: Iterable[str]) -> None:
+        with self._session() as db, db:
+            db.execute("BEGIN")
+            db.executemany("DELETE FROM objects WHERE bucket = ? AND key = ?", ((bucket, k.encode()) for k in keys))
 
     def replace_if(self, bucket: str, key: str, expected_ident: str | None, row: Row | None) -> None:
         """Compare-and-swap for repairs made by a reader: only if the key's row still has
@@ -116,16 +130,17 @@ class ListingIndex:
         with self._session() as db, db:
             if expected_ident is None:
                 if row is not None:
-                    db.execute("INSERT OR IGNORE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                     (bucket, key.encode(), row.size, row.etag, row.mtime_ns, row.data_id, row.ident))
+                    db.execute("INSERT OR IGNORE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                               (bucket, key.encode(), row.size, row.etag, row.mtime_ns, row.data_id, row.ident,
+                                row.extra))
             elif row is None:
                 db.execute("DELETE FROM objects WHERE bucket = ? AND key = ? AND ident = ?",
                                  (bucket, key.encode(), expected_ident))
             else:
-                db.execute("UPDATE objects SET size = ?, etag = ?, mtime_ns = ?, data_id = ?, ident = ? "
-                                 "WHERE bucket = ? AND key = ? AND ident = ?",
-                                 (row.size, row.etag, row.mtime_ns, row.data_id, row.ident, bucket, key.encode(),
-                                  expected_ident))
+                db.execute("UPDATE objects SET size = ?, etag = ?, mtime_ns = ?, data_id = ?, ident = ?, extra = ? "
+                           "WHERE bucket = ? AND key = ? AND ident = ?",
+                           (row.size, row.etag, row.mtime_ns, row.data_id, row.ident, row.extra, bucket,
+                            key.encode(), expected_ident))
 
     def replace_many(self, bucket: str, changes: Iterable[tuple[str, str | None, Row | None]]) -> None:
         """replace_if for each (key, expected_ident, row), in one transaction."""
@@ -135,15 +150,16 @@ class ListingIndex:
                 k = key.encode()
                 if expected is None:
                     if row is not None:
-                        db.execute("INSERT OR IGNORE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                         (bucket, k, row.size, row.etag, row.mtime_ns, row.data_id, row.ident))
+                        db.execute("INSERT OR IGNORE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                   (bucket, k, row.size, row.etag, row.mtime_ns, row.data_id, row.ident, row.extra))
                 elif row is None:
                     db.execute("DELETE FROM objects WHERE bucket = ? AND key = ? AND ident = ?",
                                      (bucket, k, expected))
                 else:
-                    db.execute("UPDATE objects SET size = ?, etag = ?, mtime_ns = ?, data_id = ?, ident = ? "
-                                     "WHERE bucket = ? AND key = ? AND ident = ?",
-                                     (row.size, row.etag, row.mtime_ns, row.data_id, row.ident, bucket, k, expected))
+                    db.execute("UPDATE objects SET size = ?, etag = ?, mtime_ns = ?, data_id = ?, ident = ?, "
+                               "extra = ? WHERE bucket = ? AND key = ? AND ident = ?",
+                               (row.size, row.etag, row.mtime_ns, row.data_id, row.ident, row.extra, bucket, k,
+                                expected))
 
     def drop_bucket(self, bucket: str) -> None:
         with self._session() as db:
@@ -156,7 +172,7 @@ class ListingIndex:
         prefix's range may follow: the caller stops at the first key without the prefix)."""
         with self._session() as db:
             cursor = db.execute(
-                "SELECT key, size, etag, mtime_ns, data_id, ident FROM objects "
+                "SELECT key, size, etag, mtime_ns, data_id, ident, extra FROM objects "
                 "WHERE bucket = ? AND key > ? AND key >= ? ORDER BY key LIMIT ?",
                 (bucket, after.encode(), prefix.encode(), limit))
             return [Row(k.decode(), *rest) for k, *rest in cursor.fetchall()]

@@ -13,7 +13,8 @@ import threading
 from pathlib import Path
 
 from sealstore import errors
-from sealstore.v1 import types_pb2
+from sealstore.multipart import SYSTEM_BUCKET
+from sealstore.v1 import storage_pb2, types_pb2
 
 from services.storage.drive import Drive, DriveIdentity, validate_bucket_name
 
@@ -58,11 +59,12 @@ class Node:
         return d
 
     @_one_at_a_time
-    def make_bucket(self, bucket: str, created_ns: int) -> types_pb2.BucketInfo:
+    def make_bucket(self, bucket: str, created_ns: int,
+                    info: types_pb2.BucketInfo | None = None) -> types_pb2.BucketInfo:
         # Drives that missed an earlier make (e.g. added later) get the bucket now; the call
         # only fails as "already owned" when every drive already had it.
         validate_bucket_name(bucket)
-        made = [d.make_bucket(bucket, created_ns) for d in self.drives if not d.has_bucket(bucket)]
+        made = [d.make_bucket(bucket, created_ns, info) for d in self.drives if not d.has_bucket(bucket)]
         if not made:
             raise errors.BucketAlreadyOwnedByYou(resource=bucket)
         return made[0]
@@ -73,15 +75,18 @@ class Node:
                 return d.get_bucket(bucket)
         raise errors.NoSuchBucket(resource=bucket)
 
-    def list_buckets(self) -> list[types_pb2.BucketInfo]:
+    def list_buckets(self, include_system: bool = False) -> list[types_pb2.BucketInfo]:
+        """The S3 buckets; with `include_system`, the system bucket `.multipart` too (healing)."""
         by_name: dict[str, types_pb2.BucketInfo] = {}
         for d in self.drives:
-            for info in d.list_buckets():
+            for info in d.list_buckets(include_system):
                 by_name.setdefault(info.name, info)
         return [by_name[name] for name in sorted(by_name)]
 
     @_one_at_a_time
     def delete_bucket(self, bucket: str) -> None:
+        if bucket == SYSTEM_BUCKET:
+            raise errors.InvalidBucketName(f"{bucket} is a system bucket", resource=bucket)
         holders = [d for d in self.drives if d.has_bucket(bucket)]
         if not holders:
             raise errors.NoSuchBucket(resource=bucket)
@@ -97,6 +102,13 @@ class Node:
         if not holders:
             raise errors.NoSuchBucket(resource=bucket)
         return [d.set_bucket_encryption(bucket, enc) for d in holders][0]
+
+    @_one_at_a_time
+    def update_bucket(self, request: storage_pb2.UpdateBucketRequest) -> types_pb2.BucketInfo:
+        holders = [d for d in self.drives if d.has_bucket(request.bucket)]
+        if not holders:
+            raise errors.NoSuchBucket(resource=request.bucket)
+        return [d.update_bucket(request.bucket, request) for d in holders][0]
 
     def count_objects(self) -> int:
         return sum(d.count_objects() for d in self.drives)

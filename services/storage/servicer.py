@@ -89,13 +89,15 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
     # ---- buckets -------------------------------------------------------------------------
 
     async def MakeBucket(self, request, context):
-        return await _in_thread(self.node.make_bucket, request.bucket, request.created_ns)
+        return await _in_thread(self.node.make_bucket, request.bucket, request.created_ns,
+                                request.info if request.HasField("info") else None)
 
     async def GetBucket(self, request, context):
         return await _in_thread(self.node.get_bucket, request.bucket)
 
     async def ListBuckets(self, request, context):
-        return storage_pb2.ListBucketsResponse(buckets=await _in_thread(self.node.list_buckets))
+        return storage_pb2.ListBucketsResponse(
+            buckets=await _in_thread(self.node.list_buckets, request.include_system))
 
     async def DeleteBucket(self, request, context):
         await _in_thread(self.node.delete_bucket, request.bucket)
@@ -103,6 +105,9 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
 
     async def SetBucketEncryption(self, request, context):
         return await _in_thread(self.node.set_bucket_encryption, request.bucket, request.encryption)
+
+    async def UpdateBucket(self, request, context):
+        return await _in_thread(self.node.update_bucket, request)
 
     # ---- uploads -------------------------------------------------------------------------
 
@@ -147,7 +152,11 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
     async def CommitObject(self, request, context):
         await _in_thread(self.node.drive(request.drive).commit_object, request.upload_id, request.meta,
                          conditional=request.conditional, expect_data_id=request.expect_data_id,
-                         inline_block=request.inline_block)
+                         inline_block=request.inline_block, part_uploads=dict(request.part_uploads))
+        return types_pb2.Empty()
+
+    async def CompleteMultipart(self, request, context):
+        await _in_thread(self.node.drive(request.drive).complete_multipart, request.meta, request.upload_id)
         return types_pb2.Empty()
 
     async def AbortUpload(self, request, context):
@@ -197,10 +206,20 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         drive = self.node.drive(request.drive)
         result = await _in_thread(drive.check_shard, request.bucket, request.key, deep=False)
         if request.deep and result.state == storage_pb2.CheckShardResponse.OK:
-            problem = await _in_thread(drive.verify_current_shard, result.meta)
-            if problem:
-                result.state, result.detail = storage_pb2.CheckShardResponse.SHARD_CORRUPT, problem
+            # Outside the folder's lock: reading every block of a large object must not hold up
+            # its writers (a version replaced meanwhile is caught by the heal's conditional commit).
+            found = await _in_thread(drive.corrupt_shards, result.meta)
+            if found:
+                result.state = storage_pb2.CheckShardResponse.SHARD_CORRUPT
+                result.detail = "; ".join(p if len(found) == 1 and len(result.meta.parts) <= 1 else f"part {d}: {p}"
+                                          for d, p in found)
+                result.bad_shards.extend(d for d, _ in found)
         return result
+
+    async def UpdateObjectTags(self, request, context):
+        await _in_thread(self.node.drive(request.drive).update_tags, request.bucket, request.key,
+                         request.expect_data_id, dict(request.tags))
+        return types_pb2.Empty()
 
     async def UpdateObjectEncryption(self, request, context):
         await _in_thread(self.node.drive(request.drive).update_encryption, request.bucket, request.key,

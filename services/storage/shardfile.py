@@ -78,6 +78,21 @@ class ShardReader(FramedBlocks):
         self._fd: int | None = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         self._frame_size = None
 
+    def check_size(self) -> None:
+        """ObjectTampered unless the file's size is what `block_count` frames take (a quick check
+        at open: a truncated shard, or another shard file put in its place, e.g. a part's swapped
+        with another part's, fails before any of its blocks is served)."""
+        try:
+            if self.block_count == 0:
+                sound = os.fstat(self._fd).st_size == 0
+            else:
+                sound = (self.stated_length(self.block_count - 1) <= self.frame_size() - HEADER_SIZE
+                         and os.fstat(self._fd).st_size == self.framed_size())
+        except errors.ObjectTampered:
+            sound = False
+        if not sound:
+            raise errors.ObjectTampered(f"shard {self.path.name}: its size does not fit {self.block_count} blocks")
+
     def close(self) -> None:
         if self._fd is not None:
             fd, self._fd = self._fd, None
