@@ -48,7 +48,7 @@ async def copy_object(store: ErasureSetClient | ErasureSets, kms: KmsClient, req
     if dest.part is not None:
         # The destination upload must exist before the source costs a kms call.
         multipart.check_part_request(dest)
-        dest_set = store.set_for(dest.bucket, dest.key)
+        dest_set = store.set_for_upload(dest.bucket, dest.key)
         await dest_set.get_bucket(dest.bucket, for_write=True)
         record = await multipart.read_upload(dest_set, dest.bucket, dest.key, dest.part.upload_id)
     elif request.source_range is not None:

@@ -9,7 +9,7 @@ stored as its own DARE stream (sequence numbers from 0) in its own part object, 
 completing the upload only moves shard files. Completion, listing and abort need no keys: the
 gateway does them with the quorum client.
 
-Records and parts go to the erasure set of the final object (`store.set_for(bucket, key)`), so
+Records and parts go to the erasure set of the final object (`store.set_for_upload(bucket, key)`), so
 completing moves files within one set.
 """
 from __future__ import annotations
@@ -38,7 +38,7 @@ async def create_upload(store: ErasureSetClient | ErasureSets, kms: KmsClient, h
                         cipher: int = dare.AES_256_GCM) -> tuple[str, types_pb2.ObjectMeta]:
     """Seals a new object key for header.bucket/header.key (one kms GenerateKey, as a PUT) and
     commits the upload's record; returns the upload id and the record."""
-    store = store.set_for(header.bucket, header.key)
+    store = store.set_for_upload(header.bucket, header.key)
     await store.get_bucket(header.bucket, for_write=True)
     sealing = await seal_new_object(kms, header, cipher) if header.encrypted else None
     if sealing is not None:
@@ -115,7 +115,7 @@ async def upload_part(store: ErasureSetClient | ErasureSets, kms: KmsClient, hea
     headers. `checked_record`: the record, already read by the caller (UploadPartCopy)."""
     check_part_request(header)
     bucket, key, target = header.bucket, header.key, header.part
-    store = store.set_for(bucket, key)
+    store = store.set_for_upload(bucket, key)
     if checked_record is None:
         await store.get_bucket(bucket, for_write=True)
     record = checked_record or await read_upload(store, bucket, key, target.upload_id)
