@@ -19,6 +19,13 @@ For one object (`heal_object`):
    shard, then committed *conditionally*: only if the target still holds what it held when it
    was checked, so a concurrent PUT or DELETE always wins over a heal.
 
+Multipart objects (one shard file per part, sealstore/erasure/versions.py) heal part by part:
+a member holding the quorum version rebuilds only the parts its check found missing or corrupt
+(CheckShard's bad_shards), any other target every part; each part is read from the members
+whose copy of that part is sound and streamed to the targets that need it, and each target
+commits all its rebuilt parts at once (CommitObject part_uploads, conditional as above). Part
+objects and records of `.multipart` are ordinary objects: the walk covers that bucket too.
+
 Prometheus counters (in the process that heals): sealstore_heal_objects_total{result} and
 sealstore_heal_shards_total{result}.
 """
@@ -37,6 +44,7 @@ from sealstore.erasure.client import ErasureSetClient, ErasureSets, HealCommit, 
 from sealstore.erasure.coder import EC_TYPE, StripeCoder
 from sealstore.erasure.quorum import CORRUPT_COPY, ForeignCopy, comparable_meta
 from sealstore.erasure.streams import StripeReader
+from sealstore.erasure.versions import is_composite
 from sealstore.v1 import storage_pb2, types_pb2
 
 log = logging.getLogger(__name__)
@@ -154,6 +162,8 @@ async def heal_object(store: ErasureSetClient, bucket: str, key: str, *, deep: b
         return report
     layout = version.erasure
     coder = StripeCoder(layout.data_shards, layout.parity_shards, layout.ec_type or EC_TYPE)
+    if is_composite(version):
+        return await _heal_composite(store, coder, version, answered, targets, suspects, report)
     sources = [i for i, c in answered.items()
                if i not in targets and c.state == State.OK and c.meta.data_id == version.data_id]
     if len(sources) < coder.data_shards:
@@ -165,6 +175,10 @@ async def heal_object(store: ErasureSetClient, bucket: str, key: str, *, deep: b
     # member without any copy may lack it.
     await _ensure_buckets(store, bucket, [i for i in targets if i in answered and answered[i].state == State.NO_META])
     rebuilt = await _rebuild(store, coder, version, sources, targets)
+    return _count_rebuilt(report, rebuilt)
+
+
+def _count_rebuilt(report: HealReport, rebuilt: dict[int, bool]) -> HealReport:
     report.shards_rebuilt = sum(1 for ok in rebuilt.values() if ok)
     report.shards_failed = len(rebuilt) - report.shards_rebuilt
     HEAL_SHARDS.labels("rebuilt").inc(report.shards_rebuilt)
@@ -237,51 +251,72 @@ async def _ensure_buckets(store: ErasureSetClient, bucket: str, members: list[in
         await store.make_bucket_on(address, info)
 
 
+async def _heal_composite(store: ErasureSetClient, coder: StripeCoder, version: types_pb2.ObjectMeta,
+                          answered: dict, targets: dict[int, str], suspects: frozenset[int],
+                          report: HealReport) -> HealReport:
+    """Heals a multipart object part by part (see the module doc)."""
+    bucket, key = version.bucket, version.key
+    every = {p.data_id for p in version.parts}
+
+    def holds_version(i: int) -> bool:
+        c = answered.get(i)
+        return (c is not None and c.HasField("meta") and c.meta.data_id == version.data_id and i not in suspects
+                and c.state in (State.OK, State.SHARD_MISSING, State.SHARD_CORRUPT))
+
+    needs: dict[int, set[str]] = {}
+    for i in targets:
+        c = answered.get(i)
+        # A copy of the version whose check named its bad parts keeps its sound ones; any other
+        # target (no copy, stale, unreadable or foreign metadata, failed a read) gets every part.
+        named = holds_version(i) and (c.state == State.OK or c.bad_shards)
+        needs[i] = set(c.bad_shards) & every if named else set(every)
+    sources_by_part = {p.data_id: [i for i in answered if holds_version(i) and p.data_id not in answered[i].bad_shards]
+                       for p in version.parts}
+    short = [p for p in version.parts if any(p.data_id in n for n in needs.values())
+             and len(sources_by_part[p.data_id]) < coder.data_shards]
+    if short:
+        report.unrecoverable = 1
+        report.details.append(f"{bucket}/{key}: part {short[0].number} has only "
+                              f"{len(sources_by_part[short[0].data_id])} sound shards, {coder.data_shards} needed")
+        HEAL_OBJECTS.labels("unrecoverable").inc()
+        return report
+    await _ensure_buckets(store, bucket, [i for i in targets if i in answered and answered[i].state == State.NO_META])
+    uploads: dict[str, str] = {}
+    failed: dict[int, BaseException] = {}
+    for part in version.parts:
+        members = [i for i in targets if part.data_id in needs[i] and i not in failed]
+        if not members:
+            continue
+        uploads[part.data_id] = f"heal-{uuid.uuid4().hex}"
+        failed.update(await _stream_shards(store, coder, StoredVersion(bucket, key, part.data_id), part.stripe_count,
+                                           sources_by_part[part.data_id], members, uploads[part.data_id]))
+    rebuilt: dict[int, bool] = {}
+    for i, held in targets.items():
+        if i in failed:
+            log.warning("heal of %s/%s: writing member %d failed: %r", bucket, key, i, failed[i])
+            rebuilt[i] = False
+            continue
+        try:
+            await store.heal_commit(HealCommit(i, "", version, held,
+                                               part_uploads=tuple((d, uploads[d]) for d in sorted(needs[i]))))
+            rebuilt[i] = True
+        except errors.SealstoreError as err:
+            log.warning("heal of %s/%s: commit on member %d refused: %s", bucket, key, i, err.message)
+            rebuilt[i] = False
+    if not all(rebuilt.values()):
+        for upload_id in uploads.values():
+            await store.abort_upload(upload_id)
+    return _count_rebuilt(report, rebuilt)
+
+
 async def _rebuild(store: ErasureSetClient, coder: StripeCoder, version: types_pb2.ObjectMeta, sources: list[int],
                    targets: dict[int, str]) -> dict[int, bool]:
     """Streams re-encoded fragments to every target and commits each conditionally."""
     upload_id = f"heal-{uuid.uuid4().hex}"
     if version.inline:
         return await _rebuild_inline(store, coder, version, sources, targets, upload_id)
-    queues = {i: asyncio.Queue(QUEUE_DEPTH) for i in targets}
-    failed: dict[int, BaseException] = {}
-
-    async def blocks(i: int):
-        while True:
-            block = await queues[i].get()
-            if block is None:
-                return
-            yield block
-
-    async def write(i: int) -> None:
-        try:
-            await store.write_shard(i, upload_id, version.bucket, blocks(i))
-        except BaseException as exc:
-            failed[i] = exc
-            while not queues[i].empty():  # unblock the producer
-                queues[i].get_nowait()
-            raise
-
-    writers = {i: asyncio.ensure_future(write(i)) for i in targets}
-    reader = StripeReader(store, coder, StoredVersion(version.bucket, version.key, version.data_id), sources)
-    try:
-        count = version.erasure.stripe_count
-        if count:
-            async for stripe in reader.stripes(0, count):
-                fragments = coder.encode(stripe)
-                for i in targets:
-                    if i not in failed:
-                        await queues[i].put(fragments[i])
-        for i in targets:
-            if i not in failed:
-                await queues[i].put(None)
-        await asyncio.gather(*writers.values(), return_exceptions=True)
-    except BaseException:
-        for task in writers.values():
-            task.cancel()
-        await asyncio.gather(*writers.values(), return_exceptions=True)
-        await store.abort_upload(upload_id)
-        raise
+    failed = await _stream_shards(store, coder, StoredVersion(version.bucket, version.key, version.data_id),
+                                  version.erasure.stripe_count, sources, list(targets), upload_id)
     result: dict[int, bool] = {}
     for i, held in targets.items():
         if i in failed:
@@ -297,6 +332,51 @@ async def _rebuild(store: ErasureSetClient, coder: StripeCoder, version: types_p
     if not all(result.values()):
         await store.abort_upload(upload_id)
     return result
+
+
+async def _stream_shards(store: ErasureSetClient, coder: StripeCoder, shards: StoredVersion, stripe_count: int,
+                         sources: list[int], targets: list[int], upload_id: str) -> dict[int, BaseException]:
+    """Reads the stripes of `shards` from `sources`, re-encodes them and streams fragment i to
+    each target i as the temporary shard `upload_id`; returns the targets whose stream failed."""
+    queues = {i: asyncio.Queue(QUEUE_DEPTH) for i in targets}
+    failed: dict[int, BaseException] = {}
+
+    async def blocks(i: int):
+        while True:
+            block = await queues[i].get()
+            if block is None:
+                return
+            yield block
+
+    async def write(i: int) -> None:
+        try:
+            await store.write_shard(i, upload_id, shards.bucket, blocks(i))
+        except BaseException as exc:
+            failed[i] = exc
+            while not queues[i].empty():  # unblock the producer
+                queues[i].get_nowait()
+            raise
+
+    writers = {i: asyncio.ensure_future(write(i)) for i in targets}
+    reader = StripeReader(store, coder, shards, sources)
+    try:
+        if stripe_count:
+            async for stripe in reader.stripes(0, stripe_count):
+                fragments = coder.encode(stripe)
+                for i in targets:
+                    if i not in failed:
+                        await queues[i].put(fragments[i])
+        for i in targets:
+            if i not in failed:
+                await queues[i].put(None)
+        await asyncio.gather(*writers.values(), return_exceptions=True)
+    except BaseException:
+        for task in writers.values():
+            task.cancel()
+        await asyncio.gather(*writers.values(), return_exceptions=True)
+        await store.abort_upload(upload_id)
+        raise
+    return failed
 
 
 async def _rebuild_inline(store: ErasureSetClient, coder: StripeCoder, version: types_pb2.ObjectMeta,
@@ -320,8 +400,9 @@ async def _rebuild_inline(store: ErasureSetClient, coder: StripeCoder, version: 
 
 
 async def heal_buckets(store: ErasureSetClient, only: str = "", dry_run: bool = False) -> tuple[list[str], int]:
-    """Recreates bucket metadata on drives that lack it; returns (buckets, drives' nodes healed)."""
-    infos = await store.list_buckets()
+    """Recreates bucket metadata on drives that lack it; returns (buckets, drives' nodes healed).
+    The system bucket `.multipart` is one of them (uploads in progress heal like objects)."""
+    infos = await store.list_buckets(include_system=True)
     if only:
         infos = [i for i in infos if i.name == only]
         if not infos:
