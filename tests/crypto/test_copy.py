@@ -3,6 +3,7 @@ real kms with an in-memory keystore), and the CryptoService wiring of the new RP
 from __future__ import annotations
 
 import hashlib
+import os
 
 import pytest
 
@@ -12,7 +13,7 @@ from sealstore.conditions import Conditions
 from sealstore.v1 import crypto_pb2, crypto_pb2_grpc
 from services.crypto import multipart
 from services.crypto.copy import CopyRequest, copy_object
-from services.crypto.get_pipeline import RangeRequest
+from services.crypto.get_pipeline import RangeRequest, open_object
 from services.crypto.put_pipeline import put_object
 from services.crypto.sealing import PartTarget, PutHeader, SseKms
 from services.crypto.servicer import CryptoServicer
@@ -192,4 +193,29 @@ def test_servicer_wires_create_upload_part_and_copy():
                 key_name=KEY_B))))
         assert copied.meta.encryption.kms_key_name == KEY_B and copied.meta.size == 12
         assert await get(store, BUCKET, "dst", kms=kms.client()) == b"source bytes"
+    run(fake, test)
+
+
+def test_copy_between_sse_c_and_kms():
+    fake, kms = setup()
+    customer, other = os.urandom(32), os.urandom(32)
+    data = payload(300_000, seed=5)
+
+    async def test(store):
+        client = kms.client()
+        await put_object(store, client, PutHeader(bucket=BUCKET, key="c", customer_key=customer,
+                                                  content_length=len(data)), body(data))
+        with pytest.raises(errors.CustomerKeyMismatch):
+            await copy_object(store, client, CopyRequest(BUCKET, "c", dest("k", KEY_A), source_customer_key=other))
+        with pytest.raises(errors.InvalidRequest):  # an SSE-C source needs its key
+            await copy_object(store, client, CopyRequest(BUCKET, "c", dest("k", KEY_A)))
+        to_kms = await copy_object(store, client, CopyRequest(BUCKET, "c", dest("k", KEY_A),
+                                                              source_customer_key=customer))
+        assert to_kms.encryption.domain == "SSE-KMS"
+        assert await get(store, BUCKET, "k", kms=client) == data
+        # Back to SSE-C under another customer key, onto the source itself.
+        to_c = await copy_object(store, client, CopyRequest(BUCKET, "k", dest("c", customer_key=other)))
+        assert to_c.encryption.domain == "SSE-C" and to_c.encryption.iv != to_kms.encryption.iv
+        reader = await open_object(store, client, BUCKET, "c", None, customer_key=other)
+        assert b"".join([c async for c in reader.chunks()]) == data
     run(fake, test)

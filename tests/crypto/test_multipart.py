@@ -3,10 +3,11 @@ drives and the real kms (in-memory keystore) behind the worker's real KmsClient.
 from __future__ import annotations
 
 import hashlib
+import os
 
 import pytest
 
-from sealstore import errors
+from sealstore import config, errors
 from sealstore import multipart as naming
 from sealstore.v1 import types_pb2
 from services.crypto import dare, keys, multipart
@@ -172,3 +173,50 @@ def test_a_part_stored_after_its_upload_ended_is_removed():
         with pytest.raises(errors.NoSuchKey):
             await store.get_object_meta(naming.SYSTEM_BUCKET, naming.part_key(BUCKET, upload_id, 1))
     run(fake, kms, test)
+
+
+def test_sse_c_parts_need_the_upload_customer_key():
+    fake, kms = with_system_bucket(FakeStorage()), InProcessKms()
+    customer, other = os.urandom(32), os.urandom(32)
+    data = payload(100_000, seed=8)
+
+    def part(upload_id: str, key: bytes | None) -> PutHeader:
+        return PutHeader(bucket=BUCKET, key="obj", customer_key=key, content_length=len(data),
+                         part=PartTarget(upload_id, 1))
+
+    async def test(store, client):
+        upload_id, record = await multipart.create_upload(store, client, PutHeader(
+            bucket=BUCKET, key="obj", customer_key=customer))
+        assert record.encryption.domain == keys.DOMAIN_SSE_C and record.encryption.customer_key_check
+        with pytest.raises(errors.CustomerKeyMismatch):
+            await multipart.upload_part(store, client, part(upload_id, other), body(data))
+        with pytest.raises(errors.InvalidRequest):
+            await multipart.upload_part(store, client, part(upload_id, None), body(data))
+        meta = await multipart.upload_part(store, client, part(upload_id, customer), body(data))
+        assert meta.etag != hashlib.md5(data).hexdigest() and len(meta.parts[0].key_nonce) == 32
+        # A plain upload refuses SSE-C parameters on its parts.
+        plain_id, _ = await multipart.create_upload(store, client, header(sse=False))
+        with pytest.raises(errors.InvalidRequest):
+            await multipart.upload_part(store, client, part(plain_id, customer), body(data))
+        return upload_id
+    upload_id = run(fake, kms, test)
+    assert data[:64] not in b"".join(stored_part(fake, upload_id, 1).blocks)
+    assert kms.calls == {}  # SSE-C never asks the kms
+    assert sum(n.calls["WriteShard"] for n in fake.nodes) == 4  # the refused parts wrote nothing
+
+
+def test_sse_s3_part_etag_is_the_md5_of_the_plaintext(monkeypatch):
+    monkeypatch.setenv(config.ENV_SSE_S3_KEY, "site-sse-s3")
+    fake, kms = with_system_bucket(FakeStorage()), InProcessKms()
+    kms.create_key("site-sse-s3")
+    data = payload(70_000, seed=2)
+
+    async def test(store, client):
+        upload_id, record = await multipart.create_upload(store, client, PutHeader(bucket=BUCKET, key="obj",
+                                                                                   sse_s3=True))
+        assert record.encryption.domain == keys.DOMAIN_SSE_S3
+        return await multipart.upload_part(store, client, PutHeader(
+            bucket=BUCKET, key="obj", content_length=len(data), part=PartTarget(upload_id, 1)), body(data))
+    meta = run(fake, kms, test)
+    assert meta.etag == hashlib.md5(data).hexdigest() and meta.stored_size == dare.encrypted_size(len(data))
+    assert kms.calls == {"GenerateKey": 1, "Decrypt": 1}
