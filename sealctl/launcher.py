@@ -61,6 +61,8 @@ class Layout:
     """Drives per erasure set (0: chosen as MinIO does, see config.choose_set_size)."""
     base_port: int = 9100
     gateway: str = config.DEFAULT_GATEWAY_ADDR
+    gateway_https: str = config.DEFAULT_GATEWAY_HTTPS_ADDR
+    """The gateway's HTTPS endpoint ("" with SEALSTORE_GATEWAY_HTTPS_ADDR=off)."""
 
     @classmethod
     def from_env(cls) -> "Layout":
@@ -72,6 +74,7 @@ class Layout:
             set_drive_count=int(env.get(config.ENV_SET_DRIVE_COUNT) or 0),
             base_port=int(env.get(ENV_BASE_PORT, 9100)),
             gateway=env.get(config.ENV_GATEWAY_ADDR, config.DEFAULT_GATEWAY_ADDR),
+            gateway_https=_https_address(env.get(config.ENV_GATEWAY_HTTPS_ADDR, config.DEFAULT_GATEWAY_HTTPS_ADDR)),
         )
         drives = layout.storage_nodes * layout.drives_per_node
         try:
@@ -92,6 +95,11 @@ class Layout:
         return self.storage_nodes * self.drives_per_node // (self.set_drive_count or 1)
 
 
+def _https_address(value: str) -> str:
+    value = value.strip()
+    return "" if value.lower() in ("", "off") else value
+
+
 @dataclass
 class Service:
     role: str
@@ -101,6 +109,8 @@ class Service:
     instance: str = ""
     """Its certificate (<certs>/<instance>.pem): its own key, no other process's."""
     drives: list[str] = field(default_factory=list)
+    also_listens: list[str] = field(default_factory=list)
+    """Other addresses it serves (the gateway's HTTPS): free before the start, listening after."""
     process: subprocess.Popen | None = None
     log_path: Path | None = None
     restarts: int = 0
@@ -205,7 +215,9 @@ def plan_services(data: Path, layout: Layout, deployment_id: str = "") -> tuple[
     services.append(Service("crypto", "crypto", f"{host}:{layout.base_port + 2}",
                             ["--cipher", cipher] if cipher else [], tls.instance_name("crypto", 0)))
     services.append(Service("heal", "heal", f"{host}:{layout.base_port + 3}", [], tls.instance_name("heal", 0)))
-    services.append(Service("gateway", "gateway", layout.gateway, [], tls.instance_name("gateway", 0)))
+    https = ["--https-listen", layout.gateway_https or "off"]
+    services.append(Service("gateway", "gateway", layout.gateway, https, tls.instance_name("gateway", 0),
+                            also_listens=[layout.gateway_https] if layout.gateway_https else []))
     return services, members
 
 
@@ -239,13 +251,15 @@ class Cluster:
         raw["ready"] = ready
         raw["deployment_id"] = self.deployment_id
         raw["gateway_url"] = f"http://{self.layout.gateway}"
+        if self.layout.gateway_https:
+            raw["gateway_https_url"] = f"https://{self.layout.gateway_https}"
         config.write_file_atomic(self.data / "cluster.json", json.dumps(raw, indent=2).encode(), mode=0o644)
 
     def start(self) -> None:
-        busy = [s.address for s in self.services if not _port_free(s.address)]
+        busy = [a for s in self.services for a in (s.address, *s.also_listens) if not _port_free(a)]
         if busy:
-            raise SystemExit(f"sealstore: address already in use: {', '.join(busy)} "
-                             f"(another cluster running? set {ENV_BASE_PORT} / {config.ENV_GATEWAY_ADDR})")
+            raise SystemExit(f"sealstore: address already in use: {', '.join(busy)} (another cluster running? "
+                             f"set {ENV_BASE_PORT} / {config.ENV_GATEWAY_ADDR} / {config.ENV_GATEWAY_HTTPS_ADDR})")
         for s in self.services:
             for d in s.drives:
                 Path(d).mkdir(parents=True, exist_ok=True)
@@ -262,11 +276,12 @@ class Cluster:
             self._record(ready=False)
             deadline = time.monotonic() + STARTUP_TIMEOUT
             for s in started:
-                while not _wait_tcp(s.address, min(deadline, time.monotonic() + 0.5)):
-                    if s.process.poll() is not None or time.monotonic() > deadline:
-                        self.stop()
-                        tail = s.log_path.read_text(errors="replace")[-3000:] if s.log_path else ""
-                        raise SystemExit(f"sealstore: {s.name} failed to start; its log ends:\n{tail}")
+                for address in (s.address, *s.also_listens):
+                    while not _wait_tcp(address, min(deadline, time.monotonic() + 0.5)):
+                        if s.process.poll() is not None or time.monotonic() > deadline:
+                            self.stop()
+                            tail = s.log_path.read_text(errors="replace")[-3000:] if s.log_path else ""
+                            raise SystemExit(f"sealstore: {s.name} failed to start; its log ends:\n{tail}")
         self._record(ready=True)
 
     def supervise(self, restart: bool, reported: set[str]) -> None:
@@ -330,6 +345,8 @@ def run(argv: list[str] | None = None) -> int:
         print(f"sealstore: replaced the certificates of an earlier version ({', '.join(replaced)}): every "
               f"role used to carry every service name; each instance now has its own, from the same CA",
               file=sys.stderr, flush=True)
+    if layout.gateway_https and not os.environ.get(config.ENV_GATEWAY_TLS_CERT):
+        tls.ensure_gateway_https_certificate(config.certs_dir(data))
     user, password, generated = ensure_credentials(data)
     cluster = Cluster(data, layout)
     stopping = False
@@ -343,6 +360,9 @@ def run(argv: list[str] | None = None) -> int:
     cluster.start()
     drives = layout.storage_nodes * layout.drives_per_node
     print(f"sealstore is up: S3 endpoint http://{layout.gateway}", flush=True)
+    if layout.gateway_https:
+        print(f"  HTTPS endpoint https://{layout.gateway_https} (clients trust {config.certs_dir(data) / 'ca.pem'})",
+              flush=True)
     print(f"  data: {data}   logs: {data / 'logs'}", flush=True)
     print(f"  erasure sets: {layout.set_count} of {layout.set_drive_count} drives ({drives} drives on "
           f"{layout.storage_nodes} nodes), {layout.set_drive_count - layout.parity} data + {layout.parity} parity",

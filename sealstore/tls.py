@@ -307,3 +307,55 @@ def write_bundle(certs: Path, instance: str, out: Path) -> list[Path]:
         write_identities(certs, target / IDENTITIES_FILE)
         written.append(target / IDENTITIES_FILE)
     return written
+
+
+HTTPS_DIR = "https"
+"""<certs>/https/: the gateway's S3-over-HTTPS certificate. Not in <certs> itself, whose *.pem are
+the service identities (identities.json, the legacy sweep): this one names no role and so
+authenticates to no service; it only lets S3 clients that trust ca.pem check the endpoint."""
+GATEWAY_HTTPS_SANS = ("localhost", "127.0.0.1")
+
+
+def https_files(certs: Path) -> tuple[Path, Path]:
+    """The dev CA's certificate and key for the gateway's HTTPS endpoint."""
+    folder = certs / HTTPS_DIR
+    return folder / "gateway.pem", folder / "gateway-key.pem"
+
+
+def ensure_gateway_https_certificate(certs: Path, extra_sans: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """Issues the gateway's HTTPS certificate from the dev CA (made by ensure_dev_pki) unless one
+    with these names, from this CA, is already there. serverAuth only, no sealstore identity."""
+    cert_path, key_path = https_files(certs)
+    names = tuple(dict.fromkeys((*GATEWAY_HTTPS_SANS, *extra_sans)))
+    ca_cert = x509.load_pem_x509_certificate((certs / "ca.pem").read_bytes())
+    if cert_path.exists() and key_path.exists():
+        current = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        sans = current.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        have = {str(v) for v in sans.get_values_for_type(x509.DNSName)} | \
+               {str(v) for v in sans.get_values_for_type(x509.IPAddress)}
+        now = datetime.datetime.now(datetime.timezone.utc)
+        if current.issuer == ca_cert.subject and set(names) <= have and current.not_valid_after_utc > now:
+            return cert_path, key_path
+    ca_key = serialization.load_pem_private_key((certs / "ca-key.pem").read_bytes(), None)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    key = ec.generate_private_key(ec.SECP256R1())
+    general: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            general.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            general.append(x509.DNSName(name))
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sealstore S3 gateway (HTTPS)")]))
+            .issuer_name(ca_cert.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + VALIDITY)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(True, False, False, False, True, False, False, False, False), critical=True)
+            .add_extension(x509.SubjectAlternativeName(general), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    cert_path.parent.mkdir(parents=True, exist_ok=True)
+    write_file_atomic(key_path, _key_pem(key), mode=0o600)
+    write_file_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    return cert_path, key_path

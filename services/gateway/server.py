@@ -1,6 +1,10 @@
 """The S3 gateway process: an aiohttp server in front of the crypto workers, kms and erasure set.
 
-`python -m services.gateway --listen 127.0.0.1:9000 --data-dir DIR`
+`python -m services.gateway --listen 127.0.0.1:9000 --data-dir DIR [--https-listen 127.0.0.1:9443]`
+
+With --https-listen (or SEALSTORE_GATEWAY_HTTPS_ADDR) the same S3 API is also served over TLS,
+with SEALSTORE_GATEWAY_TLS_CERT / _KEY or else the dev CA's <certs>/https/gateway.pem. SSE-C is
+accepted only there: the handler asks the connection itself whether it is TLS.
 """
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 import uuid
 from pathlib import Path
 
@@ -207,9 +212,33 @@ def make_api(data_dir: Path, domains: tuple[str, ...] = (), limits: Limits | Non
     return S3Api(Authenticator(Credentials(data_dir)), backend, domains, limits=limits)
 
 
-async def serve(listen: str, data_dir: Path, domains: tuple[str, ...]) -> None:
+def https_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """Server TLS for S3 clients: TLS 1.2 or newer, the certificate chain and key given."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(cert), str(key))
+    return context
+
+
+def https_files(data_dir: Path, cert: str = "", key: str = "") -> tuple[Path, Path]:
+    """The HTTPS certificate and key: given (flags or SEALSTORE_GATEWAY_TLS_CERT / _KEY), else the
+    dev CA's. Both or neither: a certificate without its key (or the reverse) is a mistake."""
+    cert = cert or os.environ.get(config.ENV_GATEWAY_TLS_CERT, "")
+    key = key or os.environ.get(config.ENV_GATEWAY_TLS_KEY, "")
+    if bool(cert) != bool(key):
+        raise SystemExit(f"gateway: give both {config.ENV_GATEWAY_TLS_CERT} and {config.ENV_GATEWAY_TLS_KEY}, "
+                         f"or neither (the dev CA's certificate)")
+    if cert:
+        return Path(cert), Path(key)
+    from sealstore import tls
+    return tls.https_files(config.certs_dir(data_dir))
+
+
+async def serve(listen: str, data_dir: Path, domains: tuple[str, ...], https_listen: str = "",
+                tls_files: tuple[Path, Path] | None = None) -> None:
     host, _, port = listen.rpartition(":")
     limits = Limits.from_env()
+    context = https_context(*tls_files) if https_listen else None  # a bad certificate fails the start
     api = make_api(data_dir, domains, limits)
     api.backend  # connect now: a bad topology should fail at start, not at the first request
     app = build_app(api)
@@ -218,6 +247,12 @@ async def serve(listen: str, data_dir: Path, domains: tuple[str, ...]) -> None:
     site = web.TCPSite(runner, host or "127.0.0.1", int(port), backlog=1024)
     await site.start()
     log.info("S3 gateway listening on http://%s", listen)
+    if context is not None:
+        https_host, _, https_port = https_listen.rpartition(":")
+        secure_site = web.TCPSite(runner, https_host or "127.0.0.1", int(https_port), backlog=1024,
+                                  ssl_context=context)
+        await secure_site.start()
+        log.info("S3 gateway listening on https://%s (certificate %s)", https_listen, tls_files[0])
     trimming = memory.start_trimming()  # noqa: F841 (RSS stays flat under load: sealstore/memory.py)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -233,6 +268,15 @@ def main(argv=None) -> None:
     parser.add_argument("--data-dir", default=os.environ.get(config.ENV_DATA_DIR, "data"))
     parser.add_argument("--domain", action="append", default=[],
                         help="domain for virtual-host style requests (<bucket>.<domain>); may repeat")
+    parser.add_argument("--https-listen", default=os.environ.get(config.ENV_GATEWAY_HTTPS_ADDR, ""),
+                        help=f"host:port to also serve S3 over HTTPS on (default ${config.ENV_GATEWAY_HTTPS_ADDR}; "
+                             f"empty or off: none)")
+    parser.add_argument("--tls-cert", default="", help=f"HTTPS certificate chain (default ${config.ENV_GATEWAY_TLS_CERT}, "
+                                                       f"else <certs>/https/gateway.pem)")
+    parser.add_argument("--tls-key", default="", help=f"its key (default ${config.ENV_GATEWAY_TLS_KEY})")
     args = parser.parse_args(argv)
     configure_logging("gateway")
-    asyncio.run(serve(args.listen, Path(args.data_dir).resolve(), tuple(args.domain) or ("localhost",)))
+    data_dir = Path(args.data_dir).resolve()
+    https_listen = "" if args.https_listen.strip().lower() in ("", "off") else args.https_listen.strip()
+    tls_files = https_files(data_dir, args.tls_cert, args.tls_key) if https_listen else None
+    asyncio.run(serve(args.listen, data_dir, tuple(args.domain) or ("localhost",), https_listen, tls_files))

@@ -32,8 +32,9 @@ def error_code(exc) -> str:
 
 def _pick_ports(storage_nodes: int) -> tuple[int, int]:
     """`sealstore run` numbers its services from one base port (kms +1, crypto +2, heal +3,
-    storage +11...); the gateway gets +99 here. Returns (base, gateway port)."""
-    base = free_port_block([1, 2, 3, *(11 + i for i in range(storage_nodes)), 99])
+    storage +11...); the gateway gets +99 here and its HTTPS endpoint +98. Returns (base,
+    gateway port)."""
+    base = free_port_block([1, 2, 3, *(11 + i for i in range(storage_nodes)), 98, 99])
     return base, base + 99
 
 
@@ -48,6 +49,12 @@ class RunningCluster:
     output: Path
     # Services the tests restarted themselves (the launcher only knows its own children).
     restarted: dict = None
+    # The gateway's HTTPS endpoint (certificate from the cluster's dev CA, <data>/certs/ca.pem).
+    https_endpoint: str = ""
+
+    @property
+    def ca_bundle(self) -> str:
+        return str(self.data / "certs" / "ca.pem")
 
     def service(self, name: str) -> dict:
         return next(s for s in self.cluster_json()["services"] if s["name"] == name)
@@ -82,8 +89,10 @@ class RunningCluster:
                                  f"{result.stdout.decode()} {result.stderr.decode()}")
         return result
 
-    def s3(self, **config):
-        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+    def s3(self, https: bool = False, **config):
+        """boto3 over HTTP, or with `https` over TLS, trusting only the cluster's CA."""
+        return boto3.client("s3", endpoint_url=self.https_endpoint if https else self.endpoint,
+                            region_name="us-east-1", verify=self.ca_bundle if https else None,
                             aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
                             config=Config(signature_version="s3v4", retries={"max_attempts": 1}, **config))
 
@@ -105,7 +114,8 @@ def start_cluster(tmp: Path, extra_env: dict | None = None, storage_nodes: int =
     data = tmp / "data"
     base, gateway_port = _pick_ports(storage_nodes)
     env = {**os.environ, "SEALSTORE_DATA_DIR": str(data), "SEALSTORE_BASE_PORT": str(base),
-           "SEALSTORE_GATEWAY_ADDR": f"127.0.0.1:{gateway_port}", **(extra_env or {})}
+           "SEALSTORE_GATEWAY_ADDR": f"127.0.0.1:{gateway_port}",
+           "SEALSTORE_GATEWAY_HTTPS_ADDR": f"127.0.0.1:{base + 98}", **(extra_env or {})}
     for name in ("SEALSTORE_ROOT_USER", "SEALSTORE_ROOT_PASSWORD"):
         env.pop(name, None)
     output = tmp / "launcher.out"
@@ -127,8 +137,9 @@ def start_cluster(tmp: Path, extra_env: dict | None = None, storage_nodes: int =
         process.kill()
         raise RuntimeError(f"cluster did not become ready: {output.read_text()}")
     creds = json.loads((data / "credentials.json").read_text())
+    https = json.loads((data / "cluster.json").read_text()).get("gateway_https_url", "")
     return RunningCluster(data, f"http://127.0.0.1:{gateway_port}", creds["access_key"], creds["secret_key"],
-                          env, process, output)
+                          env, process, output, https_endpoint=https)
 
 
 def _wait_gone(pid: int, timeout: float = 10) -> None:

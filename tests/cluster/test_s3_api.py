@@ -150,7 +150,7 @@ def test_malformed_encryption_xml(cluster, s3):
     cluster.cli("encrypt", "set", "sse-kms", key, bucket)
     for body in (b"<not-xml", b"<ServerSideEncryptionConfiguration><Rule></Rule></ServerSideEncryptionConfiguration>",
                  b"<ServerSideEncryptionConfiguration><Rule><ApplyServerSideEncryptionByDefault>"
-                 b"<SSEAlgorithm>aws:kms</SSEAlgorithm></ApplyServerSideEncryptionByDefault></Rule>"
+                 b"<SSEAlgorithm>rot13</SSEAlgorithm></ApplyServerSideEncryptionByDefault></Rule>"
                  b"</ServerSideEncryptionConfiguration>"):
         status, reply = signed_request(cluster, "PUT", f"/{bucket}?encryption=", body,
                                        {"Content-Type": "application/xml"})
