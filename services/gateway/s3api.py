@@ -343,8 +343,13 @@ class S3Api:
     async def _small_body(self, request: web.Request, identity: Identity, limit: int = s3xml.MAX_CONFIG_XML) -> bytes:
         body = body_from_request(request.content, request.headers, identity.payload_hash, identity.chain,
                                  read_timeout=self.limits.body_timeout)
+        # A small document is read (and capped) before the bucket policy is asked about it.
+        deferred = bucket_config.take_deferred_check(request)
         await grant_continue(request)
-        return await body.read_all(limit)
+        data = await body.read_all(limit)
+        if deferred is not None:
+            await deferred()
+        return data
 
     async def create_bucket(self, request: web.Request, identity: Identity, t: Target) -> web.Response:
         validate_bucket_name(t.bucket)
