@@ -2,7 +2,9 @@
 
 `admin heal` asks the cluster's heal service (services/heal) to heal and follows its progress
 over gRPC; the healing itself, on ciphertext shards only, runs in the cluster. `admin drives`
-asks every storage node directly (NodeStatus, with the admin identity)."""
+asks every storage node directly (NodeStatus, with the admin identity). `admin uploads` lists
+multipart uploads in progress through the quorum client and, with --clean, removes them (parts
+and record, as an abort; the heal scanner does the same after SEALSTORE_UPLOAD_EXPIRY)."""
 from __future__ import annotations
 
 import asyncio
@@ -18,7 +20,7 @@ from sealstore import config
 ENV_HEAL_ADDR = "SEALSTORE_HEAL_ADDR"
 """host:port of the heal service where no cluster.json names it (containers)."""
 COUNTS = ("objects_scanned", "objects_healed", "shards_rebuilt", "shards_failed", "unrecoverable",
-          "dangling_removed", "orphans_removed", "buckets_healed", "skipped")
+          "dangling_removed", "orphans_removed", "buckets_healed", "skipped", "uploads_expired")
 
 
 def register(subparsers) -> None:
@@ -44,6 +46,15 @@ def register(subparsers) -> None:
                       help="start nothing: show the background scanner and the running or last heal")
     drives = sub.add_parser("drives", help="state of every drive of the erasure sets")
     drives.add_argument("--json", action="store_true")
+    uploads = sub.add_parser("uploads", help="multipart uploads in progress (bucket, key, upload id, initiated, "
+                                             "parts, bytes); --clean removes them")
+    uploads.add_argument("--bucket", default="", help="only this bucket")
+    uploads.add_argument("--older-than", default="", metavar="DURATION",
+                         help="only uploads started (and last given a part) longer ago than this: 7d, 12h, 30m, "
+                              "45s or seconds")
+    uploads.add_argument("--clean", action="store_true",
+                         help="remove the uploads listed (their parts and record), as AbortMultipartUpload")
+    uploads.add_argument("--json", action="store_true")
 
 
 def dispatch(args) -> int | None:
@@ -55,6 +66,13 @@ def dispatch(args) -> int | None:
         return _heal_status(args) if args.status else _heal(args)
     if args.admin_action == "drives":
         return asyncio.run(_drives(args))
+    if args.admin_action == "uploads":
+        from sealstore.erasure.uploads import parse_duration
+        try:
+            args.older_than_s = parse_duration(args.older_than) if args.older_than else 0.0
+        except ValueError as exc:
+            raise CliError(f"--older-than: {exc}") from None
+        return asyncio.run(_uploads(args))
     return 2
 
 
@@ -233,3 +251,32 @@ async def _drives(args) -> int:
             print(f"set {r['set']} member {r['member']:>2}  {r['address']:<22} drive {r['drive']}  {r['state']:<9} {r['path']}"
                   + (f"  ({r['detail']})" if r["detail"] else ""))
     return 0 if all(r["state"] == "online" for r in rows) else 1
+
+
+async def _uploads(args) -> int:
+    from sealstore.erasure import uploads
+    store = _client()
+    try:
+        found = [(one, u) for one, u in await uploads.summaries(store, args.bucket)
+                 if not args.older_than_s or uploads.stale(u, args.older_than_s)]
+        removed = 0
+        if args.clean:
+            for one, u in found:
+                await uploads.remove(one, u.bucket, u.upload_id)
+                removed += 1
+    finally:
+        await store.close()
+    rows = [{"bucket": u.bucket, "key": u.key, "upload_id": u.upload_id, "initiated_ns": u.initiated_ns,
+             "parts": u.parts, "bytes": u.bytes} for _, u in found]
+    if args.json:
+        print(json.dumps({"uploads": rows, "removed": removed} if args.clean else rows, indent=2))
+        return 0
+    for r in rows:
+        # An upload without a key: part objects whose record is gone (an abort raced a part upload).
+        print(f"{r['bucket']}\t{r['key'] or '(no record)'}\t{r['upload_id']}\t{_when(r['initiated_ns'])}\t"
+              f"{r['parts']} parts\t{r['bytes']} bytes")
+    if args.clean:
+        print(f"removed {removed} upload(s)")
+    elif not rows:
+        print("no multipart uploads in progress" + (f" older than {args.older_than}" if args.older_than else ""))
+    return 0

@@ -565,13 +565,20 @@ class S3Api:
         sse.check_customer_key(meta, customer, resource=request.path)
         headers = object_headers(meta, customer)
         headers["Content-Length"] = str(meta.size)
+        part = multipart.part_number_query(t.query, request.headers)
+        if part is not None:
+            status, extra, length = multipart.part_view(meta, part)
+            headers.update(extra)
+            headers["Content-Length"] = str(length)
+            return web.Response(status=status, headers=headers)
         headers.update(requested_checksum_headers(request.headers, meta.checksums))
         return web.Response(status=200, headers=headers)
 
     async def get_object(self, request: web.Request, t: Target) -> web.StreamResponse:
         customer = sse.customer_key(request.headers, secure=is_tls(request))
         byte_range = parse_range(request.headers.get("Range"))
-        get = crypto_pb2.GetObjectRequest(bucket=t.bucket, key=t.key)
+        part = multipart.part_number_query(t.query, request.headers)
+        get = crypto_pb2.GetObjectRequest(bucket=t.bucket, key=t.key, part_number=part or 0)
         if customer is not None:
             get.sse_customer_key = customer.key  # the worker checks it against the object
         if byte_range is not None:
@@ -596,12 +603,16 @@ class S3Api:
             for param, header in RESPONSE_OVERRIDES.items():
                 if param in t.query:
                     headers[header] = t.query[param]
-            if head.is_range:
+            status = 206 if head.is_range else 200
+            if part is not None:
+                status, extra, _ = multipart.part_view(head.meta, part)
+                headers.update(extra)
+            elif head.is_range:
                 end = head.offset + head.length - 1
                 headers["Content-Range"] = f"bytes {head.offset}-{end}/{head.meta.size}"
             else:
                 headers.update(requested_checksum_headers(request.headers, head.meta.checksums))
-            response = web.StreamResponse(status=206 if head.is_range else 200, headers=headers)
+            response = web.StreamResponse(status=status, headers=headers)
             response.content_length = head.length
         except BaseException:
             call.cancel()

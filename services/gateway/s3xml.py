@@ -271,3 +271,145 @@ def delete_result(deleted: Iterable[str], failed: Iterable[tuple[str, str, str]]
         _sub(e, "Code", code)
         _sub(e, "Message", message)
     return _render(root)
+
+
+# ---------------------------------------------------------------------------------------------
+# Multipart upload and copy documents
+
+MAX_COMPLETE_XML = 4 << 20
+"""CompleteMultipartUpload names up to 10,000 parts (~80 bytes each, more with checksums)."""
+
+
+def _owner(parent: ET.Element, tag: str) -> None:
+    who = _sub(parent, tag)
+    _sub(who, "ID", OWNER_ID)
+    _sub(who, "DisplayName", OWNER_NAME)
+
+
+def initiate_multipart_upload(bucket: str, key: str, upload_id: str) -> bytes:
+    root = ET.Element("InitiateMultipartUploadResult", xmlns=NS)
+    _sub(root, "Bucket", bucket)
+    _sub(root, "Key", key)
+    _sub(root, "UploadId", upload_id)
+    return _render(root)
+
+
+@dataclass(frozen=True)
+class CompletedPart:
+    number: int
+    etag: str  # without quotes
+
+
+def parse_complete_multipart(body: bytes, max_part_number: int = 10_000) -> list[CompletedPart]:
+    """The parts a CompleteMultipartUpload names, in the order given (the caller checks the
+    order, AWS's InvalidPartOrder). No parts, a part without a number or ETag, or a number
+    that is not an integer: MalformedXML, as AWS."""
+    root = _parse(body, MAX_COMPLETE_XML)
+    if _local(root.tag) != "CompleteMultipartUpload":
+        raise errors.MalformedXML("root element must be CompleteMultipartUpload")
+    parts = []
+    for el in _children(root, "Part"):
+        raw_number, etag = _text(el, "PartNumber"), _text(el, "ETag")
+        if raw_number is None or etag is None:
+            raise errors.MalformedXML("every Part needs a PartNumber and an ETag")
+        raw_number = raw_number.strip()
+        if not raw_number.isascii() or not raw_number.isdigit() or len(raw_number) > 6:
+            raise errors.MalformedXML("PartNumber must be an integer")
+        number = int(raw_number)
+        if not 1 <= number <= max_part_number:
+            raise errors.InvalidArgument(f"Part number must be an integer between 1 and {max_part_number}, inclusive")
+        parts.append(CompletedPart(number, etag.strip().strip('"')))
+    if not parts:
+        raise errors.MalformedXML("CompleteMultipartUpload names no part")
+    return parts
+
+
+def complete_multipart_result(location: str, bucket: str, key: str, etag: str) -> bytes:
+    root = ET.Element("CompleteMultipartUploadResult", xmlns=NS)
+    _sub(root, "Location", location)
+    _sub(root, "Bucket", bucket)
+    _sub(root, "Key", key)
+    _sub(root, "ETag", quote_etag(etag))
+    return _render(root)
+
+
+@dataclass(frozen=True)
+class ListedPart:
+    number: int
+    etag: str
+    size: int
+    mtime_ns: int
+
+
+def list_parts(*, bucket: str, key: str, upload_id: str, part_number_marker: int, next_marker: int,
+               max_parts: int, is_truncated: bool, parts: Iterable[ListedPart]) -> bytes:
+    root = ET.Element("ListPartsResult", xmlns=NS)
+    _sub(root, "Bucket", bucket)
+    _sub(root, "Key", key)
+    _sub(root, "UploadId", upload_id)
+    _owner(root, "Initiator")
+    _owner(root, "Owner")
+    _sub(root, "StorageClass", "STANDARD")
+    _sub(root, "PartNumberMarker", str(part_number_marker))
+    _sub(root, "NextPartNumberMarker", str(next_marker))
+    _sub(root, "MaxParts", str(max_parts))
+    _sub(root, "IsTruncated", "true" if is_truncated else "false")
+    for part in parts:
+        p = _sub(root, "Part")
+        _sub(p, "PartNumber", str(part.number))
+        _sub(p, "LastModified", iso8601(part.mtime_ns))
+        _sub(p, "ETag", quote_etag(part.etag))
+        _sub(p, "Size", str(part.size))
+    return _render(root)
+
+
+@dataclass(frozen=True)
+class ListedUpload:
+    key: str
+    upload_id: str
+    initiated_ns: int
+
+
+@dataclass(frozen=True)
+class UploadListing:
+    uploads: Sequence[ListedUpload]
+    common_prefixes: Sequence[str]
+    is_truncated: bool
+    next_key_marker: str
+    next_upload_id_marker: str
+
+
+def list_multipart_uploads(listing: UploadListing, *, bucket: str, prefix: str, delimiter: str,
+                           key_marker: str, upload_id_marker: str, max_uploads: int, encode) -> bytes:
+    root = ET.Element("ListMultipartUploadsResult", xmlns=NS)
+    _sub(root, "Bucket", bucket)
+    _sub(root, "KeyMarker", encode(key_marker))
+    _sub(root, "UploadIdMarker", upload_id_marker)
+    _sub(root, "NextKeyMarker", encode(listing.next_key_marker))
+    _sub(root, "NextUploadIdMarker", listing.next_upload_id_marker)
+    _sub(root, "Prefix", encode(prefix))
+    if delimiter:
+        _sub(root, "Delimiter", encode(delimiter))
+    _sub(root, "MaxUploads", str(max_uploads))
+    if encode is not _identity:
+        _sub(root, "EncodingType", "url")
+    _sub(root, "IsTruncated", "true" if listing.is_truncated else "false")
+    for upload in listing.uploads:
+        u = _sub(root, "Upload")
+        _sub(u, "Key", encode(upload.key))
+        _sub(u, "UploadId", upload.upload_id)
+        _owner(u, "Initiator")
+        _owner(u, "Owner")
+        _sub(u, "StorageClass", "STANDARD")
+        _sub(u, "Initiated", iso8601(upload.initiated_ns))
+    for cp in listing.common_prefixes:
+        _sub(_sub(root, "CommonPrefixes"), "Prefix", encode(cp))
+    return _render(root)
+
+
+def copy_object_result(etag: str, mtime_ns: int, *, part: bool = False) -> bytes:
+    """CopyObjectResult, or CopyPartResult for UploadPartCopy (`part`)."""
+    root = ET.Element("CopyPartResult" if part else "CopyObjectResult", xmlns=NS)
+    _sub(root, "LastModified", iso8601(mtime_ns))
+    _sub(root, "ETag", quote_etag(etag))
+    return _render(root)

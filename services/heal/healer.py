@@ -18,9 +18,10 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from sealstore import errors
-# The one place this service names the erasure package (heal logic and the quorum client).
+from sealstore import errors, multipart
+# The one place this service names the erasure package (heal logic, stale uploads, the quorum client).
 from sealstore.erasure import heal as heal_logic
+from sealstore.erasure import uploads as upload_logic
 from sealstore.erasure.client import connect as connect_erasure_sets  # noqa: F401 (used by server.py)
 from sealstore.v1 import heal_pb2
 
@@ -47,6 +48,9 @@ class ScannerSettings:
     interval: float = DEFAULT_INTERVAL
     rate: float = DEFAULT_RATE
     deep_every: int = DEFAULT_DEEP_EVERY
+    upload_expiry: float = float(multipart.DEFAULT_UPLOAD_EXPIRY_S)
+    """Seconds after which a multipart upload neither completed nor aborted is removed by a walk
+    (SEALSTORE_UPLOAD_EXPIRY; 0: never)."""
 
     @classmethod
     def from_env(cls, env=None) -> "ScannerSettings":
@@ -54,9 +58,11 @@ class ScannerSettings:
         try:
             settings = cls(interval=float(env.get(ENV_INTERVAL) or DEFAULT_INTERVAL),
                            rate=float(env.get(ENV_RATE) or DEFAULT_RATE),
-                           deep_every=int(env.get(ENV_DEEP_EVERY) or DEFAULT_DEEP_EVERY))
+                           deep_every=int(env.get(ENV_DEEP_EVERY) or DEFAULT_DEEP_EVERY),
+                           upload_expiry=upload_logic.upload_expiry_from_env(env))
         except ValueError as exc:
-            raise SystemExit(f"heal: bad scanner setting ({ENV_INTERVAL}, {ENV_RATE}, {ENV_DEEP_EVERY}): {exc}")
+            raise SystemExit(f"heal: bad scanner setting ({ENV_INTERVAL}, {ENV_RATE}, {ENV_DEEP_EVERY}, "
+                             f"{upload_logic.ENV_UPLOAD_EXPIRY}): {exc}")
         if settings.interval < 0 or settings.rate < 0 or settings.deep_every < 1:
             raise SystemExit(f"heal: {ENV_INTERVAL} and {ENV_RATE} must be >= 0, {ENV_DEEP_EVERY} >= 1")
         return settings
@@ -64,6 +70,7 @@ class ScannerSettings:
 
 COUNT_FIELDS = ("buckets_healed", "objects_scanned", "objects_healed", "shards_rebuilt", "shards_failed",
                 "unrecoverable", "dangling_removed", "orphans_removed", "skipped")
+"""Counts of the object walk's reports (heal_logic); the run also counts uploads_expired."""
 
 
 @dataclass
@@ -77,7 +84,7 @@ class HealRun:
     state: str = "running"
     started_ns: int = field(default_factory=time.time_ns)
     finished_ns: int = 0
-    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNT_FIELDS, 0))
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys((*COUNT_FIELDS, "uploads_expired"), 0))
     details: list[str] = field(default_factory=list)
     error: str = ""
     buckets_done: int = 0
@@ -86,9 +93,12 @@ class HealRun:
     def add(self, report) -> None:
         for name in COUNT_FIELDS:
             self.counts[name] += getattr(report, name)
+        self.note(report.details)
+
+    def note(self, lines: list[str]) -> None:
         room = MAX_DETAILS - len(self.details)
         if room > 0:
-            self.details.extend(report.details[:room])
+            self.details.extend(lines[:room])
 
     def to_proto(self) -> heal_pb2.HealRun:
         return heal_pb2.HealRun(
@@ -151,6 +161,7 @@ class Healer:
                 for name in names:
                     await self._walk_bucket(one, name, run, pace)
                     run.buckets_done += 1
+            await self._expire_uploads(run)
             run.state = "done"
         except asyncio.CancelledError:
             run.state = "cancelled"
@@ -166,6 +177,17 @@ class Healer:
             log.info("heal %s %s: objects scanned %d, healed %d, shards rebuilt %d, failed %d, unrecoverable %d%s",
                      run.id, run.state, c["objects_scanned"], c["objects_healed"], c["shards_rebuilt"],
                      c["shards_failed"], c["unrecoverable"], f" ({run.error})" if run.error else "")
+
+    async def _expire_uploads(self, run: HealRun) -> None:
+        """Abandoned multipart uploads: removed once older than the expiry, parts and record,
+        so nothing stays on the drives (a dry run only reports them)."""
+        if not self.settings.upload_expiry:
+            return
+        expired = await upload_logic.expire(self.store, self.settings.upload_expiry, bucket=run.bucket,
+                                            dry_run=run.dry_run)
+        run.counts["uploads_expired"] += len(expired)
+        run.note([f"{'stale' if run.dry_run else 'expired'} upload {u.upload_id} of {u.bucket}/{u.key or '?'}: "
+                  f"{u.parts} parts, {u.bytes} bytes" for u in expired])
 
     async def _walk_bucket(self, one, name: str, run: HealRun, pace: "heal_logic.Pace") -> None:
         async for report in heal_logic.heal_bucket_objects(one, name, deep=not run.quick, dry_run=run.dry_run,
