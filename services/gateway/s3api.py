@@ -83,6 +83,7 @@ async def grant_continue(request: web.Request) -> None:
     server.py's expect handler only marks the request; the operation calls this once every
     check that needs no body has passed (authentication, bucket, the SSE-KMS key), so a refused
     request is answered before the client sends a single body byte."""
+    await bucket_config.run_deferred_check(request)  # the bucket policy: the last check before the body
     if request.get(CONTINUE_PENDING):
         request[CONTINUE_PENDING] = False
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -131,6 +132,7 @@ def object_headers(meta: types_pb2.ObjectMeta, customer: sse.CustomerKey | None 
             headers[name.title()] = value
         else:
             headers[f"x-amz-meta-{name}"] = value
+    headers.update(bucket_config.tag_count_headers(meta))
     headers.update(sse.response_headers(meta.encryption if meta.HasField("encryption") else None, customer))
     return headers
 
@@ -245,6 +247,9 @@ class S3Api:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.precheck(request)
         raw_path, _, raw_query = request.raw_path.partition("?")
+        if post_object.is_browser_upload(request, self.target(request)):
+            # Signed by its form's policy, not by a header or query: post_object authenticates it.
+            return await post_object.post_object(self, request, self.target(request))
         identity = self._authenticate(request, raw_path, raw_query)
         if identity.query_headers:
             request = request.clone(headers=auth.with_query_headers(request.headers, identity.query_headers))
@@ -253,6 +258,7 @@ class S3Api:
         unsupported = UNSUPPORTED_SUBRESOURCES.intersection(t.query)
         if unsupported:
             raise errors.NotImplementedS3(f"The {sorted(unsupported)[0]} sub-resource is not implemented")
+        await bucket_config.authorize(self, request, identity, t)
         if not t.bucket:
             if method == "GET":
                 return await self.list_buckets()
@@ -284,7 +290,7 @@ class S3Api:
         if "delete" in q and method == "POST":
             return await self.delete_objects(request, identity, t)
         if method == "POST":
-            return await post_object.post_object(self, request, identity, t)
+            return await post_object.post_object(self, request, t)
         if method == "PUT":
             return await self.create_bucket(request, identity, t)
         if method == "HEAD":
@@ -460,6 +466,7 @@ class S3Api:
         for key in keys:
             try:
                 validate_key(key)
+                await bucket_config.delete_object_allowed(self, request, identity, t.bucket, key)
                 await self.backend.erasure.delete_object(t.bucket, key)
                 deleted.append(key)
             except errors.SealstoreError as e:
@@ -470,6 +477,7 @@ class S3Api:
 
     async def put_object(self, request: web.Request, identity: Identity, t: Target) -> web.Response:
         headers = request.headers
+        tags = bucket_config.tags_from_headers(headers)
         # Header errors (contradictory SSE, SSE-C over plain HTTP) before any backend call.
         requested = sse.requested_encryption(headers, secure=is_tls(request))
         body = body_from_request(request.content, headers, identity.payload_hash, identity.chain,
@@ -480,6 +488,7 @@ class S3Api:
         header = crypto_pb2.PutObjectHeader(
             bucket=t.bucket, key=t.key, content_type=headers.get("Content-Type", DEFAULT_CONTENT_TYPE),
             user_metadata=user_metadata(request), content_length=body.length)
+        header.tags.update(tags)
         header.checksums.update(body.checks.in_headers)
         encryption.apply_to(header)
         checked_key = encryption.kms_key_to_check
