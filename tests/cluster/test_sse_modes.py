@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import os
 import ssl
+import subprocess
+import sys
 import urllib.request
 import uuid
 from pathlib import Path
 
+import minio
+import minio.sse
 import pytest
+import urllib3
 from botocore.exceptions import ClientError
 from google.protobuf import json_format
 
 from sealstore import sigv4
 from sealstore.v1 import types_pb2
-from tests.cluster.harness import error_code, start_cluster, stop_cluster, unique
+from tests.cluster.harness import start_cluster, stop_cluster, unique
 
 ARN_OF = "arn:aws:kms:us-east-1:123456789012:key/{}"
 
@@ -301,3 +307,38 @@ def test_customer_key_never_reaches_a_log_or_a_drive(cluster, https):
         content = path.read_bytes()
         for needle in needles:
             assert needle not in content, f"the customer key is in {path}"
+
+
+def test_aws_cli_and_minio_py_over_https_with_the_readme_settings(cluster, https, tmp_path):
+    """The client settings the README gives: the AWS CLI with --ca-bundle (SSE-C from a key file),
+    minio-py with an HTTP client that trusts the CA."""
+    bucket = unique("cli-tls")
+    https.create_bucket(Bucket=bucket)
+    key_file, src, dst = tmp_path / "customer.key", tmp_path / "src.bin", tmp_path / "dst.bin"
+    customer_key, body = os.urandom(32), os.urandom(100_000)
+    key_file.write_bytes(customer_key)
+    src.write_bytes(body)
+    env = {**cluster.env, "AWS_ACCESS_KEY_ID": cluster.access_key, "AWS_SECRET_ACCESS_KEY": cluster.secret_key,
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"}
+
+    def aws(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(Path(sys.executable).parent / "aws"), "--endpoint-url", cluster.https_endpoint,
+                               "--ca-bundle", cluster.ca_bundle, *args], env=env, capture_output=True, timeout=120)
+
+    sse_c = ["--sse-c", "AES256", "--sse-c-key", f"fileb://{key_file}"]
+    put = aws("s3", "cp", str(src), f"s3://{bucket}/c.bin", *sse_c)
+    assert put.returncode == 0, put.stderr
+    got = aws("s3", "cp", f"s3://{bucket}/c.bin", str(dst), *sse_c)
+    assert got.returncode == 0, got.stderr
+    assert dst.read_bytes() == body
+    missing = aws("s3", "cp", f"s3://{bucket}/c.bin", str(tmp_path / "no.bin"))
+    assert missing.returncode != 0 and not (tmp_path / "no.bin").exists()
+    assert stored_meta(cluster.data, bucket, "c.bin").encryption.domain == "SSE-C"
+
+    http = urllib3.PoolManager(cert_reqs="CERT_REQUIRED", ca_certs=cluster.ca_bundle)
+    client = minio.Minio(cluster.https_endpoint.removeprefix("https://"), access_key=cluster.access_key,
+                         secret_key=cluster.secret_key, secure=True, http_client=http)
+    customer = minio.sse.SseCustomerKey(customer_key)
+    client.put_object(bucket, "m.bin", io.BytesIO(body), len(body), sse=customer)
+    assert client.get_object(bucket, "m.bin", ssec=customer).read() == body
+    assert client.stat_object(bucket, "m.bin", ssec=customer).size == len(body)
