@@ -361,6 +361,10 @@ def v2_resources(raw_path: str, raw_query: str, vhost_bucket: str = "") -> list[
     bare by most clients, but a few sign `name=` when the URL says so: both are tried."""
     prefix = f"/{vhost_bucket}" if vhost_bucket else ""
     paths = dict.fromkeys([prefix + (raw_path or "/"), prefix + quote(unquote(raw_path or "/"), safe="/~")])
+    full = prefix + (raw_path or "/")
+    if full.count("/") == 1 and full != "/":
+        # A bucket alone: botocore signs it as `/bucket/` (the virtual-host form) even path-style.
+        paths[full + "/"] = None
     as_sent, bare = [], []
     for piece in raw_query.split("&") if raw_query else []:
         name, eq, value = piece.partition("=")

@@ -32,9 +32,9 @@ def _on_the_wire(request: AWSRequest):
     return parts.path, parts.query, headers
 
 
-def _header_signed(method, url, headers=None, body=b"", secret=SK):
+def _header_signed(method, url, headers=None, body=b"", secret=SK, auth_path=None):
     request = AWSRequest(method=method, url=url, headers=dict(headers or {}), data=body)
-    request.auth_path = None
+    request.auth_path = auth_path
     signer = HmacV1Auth(BotoCredentials(AK, secret))
     signer._get_date = lambda: time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(NOW))
     signer.add_auth(request)
@@ -97,6 +97,14 @@ def test_virtual_host_request_signs_the_bucket_in_the_resource():
     assert auth.authenticate("GET", path, raw_query, headers, vhost_bucket="bucket").access_key == AK
     with pytest.raises(errors.SignatureDoesNotMatch):
         auth.authenticate("GET", path, raw_query, headers, vhost_bucket="other")
+
+
+def test_bucket_requests_as_botocore_signs_them():
+    """botocore signs a bucket-level request's resource as `/bucket/`, path-style too."""
+    request = _header_signed("GET", "http://127.0.0.1:9000/bucket?list-type=2&prefix=hdr%2F", auth_path="/bucket/")
+    path, query, headers = _on_the_wire(request)
+    assert path == "/bucket"
+    assert _authenticator().authenticate("GET", path, query, headers).access_key == AK
 
 
 def test_wrong_secret_tampered_header_or_path_fail():
@@ -179,7 +187,7 @@ def test_x_amz_date_replaces_the_date_line():
 
 def test_canonical_resource_keeps_only_signed_subresources_sorted():
     assert v2_resources("/b/k", "x-id=GetObject&versionId=null&acl") == ["/b/k?acl&versionId=null"]
-    assert v2_resources("/b", "uploads=&prefix=p") == ["/b?uploads=", "/b?uploads"]
+    assert v2_resources("/b", "uploads=&prefix=p") == ["/b?uploads=", "/b?uploads", "/b/?uploads=", "/b/?uploads"]
     assert v2_resources("/k", "", "bucket") == ["/bucket/k"]
 
 
