@@ -31,7 +31,8 @@ H_SSEC_KEY = "x-amz-server-side-encryption-customer-key"
 H_SSEC_KEY_MD5 = "x-amz-server-side-encryption-customer-key-md5"
 SSEC_HEADERS = (H_SSEC_ALGORITHM, H_SSEC_KEY, H_SSEC_KEY_MD5)
 COPY_SOURCE_PREFIX = "x-amz-copy-source-"
-COPY_SOURCE_SSEC_HEADERS = tuple(COPY_SOURCE_PREFIX + h for h in SSEC_HEADERS)
+# x-amz-copy-source-server-side-encryption-customer-algorithm, ... (one "x-amz-", not two)
+COPY_SOURCE_SSEC_HEADERS = tuple(COPY_SOURCE_PREFIX + h.removeprefix("x-amz-") for h in SSEC_HEADERS)
 
 ARN_PREFIX = "arn:aws:kms:"
 KMS = "aws:kms"

@@ -3,6 +3,7 @@ local cluster, AWS's rules and errors, fresh key material per part upload, and n
 any drive after an abort."""
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -377,7 +378,41 @@ def test_the_heal_scanner_removes_stale_uploads(tmp_path):
         stop_cluster(c)
 
 
-@pytest.mark.skip(reason="SSE-C needs HTTPS to the gateway, and the cluster harness has no HTTPS endpoint yet "
-                         "(issue 9 item 5: the gateway's TLS listener)")
-def test_ssec_parts_must_carry_the_upload_key(cluster, s3):
-    pass
+def test_ssec_parts_must_carry_the_upload_key(cluster):
+    s3 = cluster.s3(https=True)  # SSE-C only over TLS, as AWS
+    bucket, right, wrong = unique("mpssec"), os.urandom(32), os.urandom(32)
+    s3.create_bucket(Bucket=bucket)
+    ssec = {"SSECustomerAlgorithm": "AES256", "SSECustomerKey": right}
+    created = s3.create_multipart_upload(Bucket=bucket, Key="c", **ssec)
+    assert created["SSECustomerAlgorithm"] == "AES256"
+    assert created["SSECustomerKeyMD5"] == base64.b64encode(hashlib.md5(right).digest()).decode()
+    upload_id = created["UploadId"]
+    body1, body2 = os.urandom(5 * MiB), os.urandom(1000)
+    first = s3.upload_part(Bucket=bucket, Key="c", UploadId=upload_id, PartNumber=1, Body=body1, **ssec)
+    assert first["SSECustomerKeyMD5"] == created["SSECustomerKeyMD5"]
+    refusals = [({"SSECustomerAlgorithm": "AES256", "SSECustomerKey": wrong}, "AccessDenied", 403),
+                ({}, "InvalidRequest", 400)]
+    for key_args, code, status in refusals:
+        with pytest.raises(ClientError) as exc:
+            s3.upload_part(Bucket=bucket, Key="c", UploadId=upload_id, PartNumber=2, Body=body2, **key_args)
+        assert error_code(exc.value) == code
+        assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == status
+    # Nothing was stored for the refused parts.
+    assert [p["PartNumber"] for p in s3.list_parts(Bucket=bucket, Key="c", UploadId=upload_id)["Parts"]] == [1]
+    second = s3.upload_part(Bucket=bucket, Key="c", UploadId=upload_id, PartNumber=2, Body=body2, **ssec)
+    done = s3.complete_multipart_upload(Bucket=bucket, Key="c", UploadId=upload_id, MultipartUpload={
+        "Parts": [{"PartNumber": 1, "ETag": first["ETag"]}, {"PartNumber": 2, "ETag": second["ETag"]}]})
+    # botocore's model has no SSE-C members for Complete: the header itself.
+    assert done["ResponseMetadata"]["HTTPHeaders"]["x-amz-server-side-encryption-customer-algorithm"] == "AES256"
+    assert s3.get_object(Bucket=bucket, Key="c", **ssec)["Body"].read() == body1 + body2
+    assert s3.get_object(Bucket=bucket, Key="c", PartNumber=2, **ssec)["Body"].read() == body2
+    assert s3.head_object(Bucket=bucket, Key="c", PartNumber=1, **ssec)["ContentLength"] == len(body1)
+    with pytest.raises(ClientError) as exc:
+        s3.get_object(Bucket=bucket, Key="c", SSECustomerAlgorithm="AES256", SSECustomerKey=wrong)
+    assert error_code(exc.value) == "AccessDenied"
+    # An upload that did not ask for SSE-C takes no customer key on its parts.
+    other = s3.create_multipart_upload(Bucket=bucket, Key="plain")["UploadId"]
+    with pytest.raises(ClientError) as exc:
+        s3.upload_part(Bucket=bucket, Key="plain", UploadId=other, PartNumber=1, Body=b"x", **ssec)
+    assert error_code(exc.value) == "InvalidRequest"
+    s3.abort_multipart_upload(Bucket=bucket, Key="plain", UploadId=other)

@@ -126,7 +126,9 @@ def test_ssec_bad_headers(headers, error, words):
 
 
 def test_copy_source_customer_key_is_separate():
-    headers = {**ssec_headers(prefix=sse.COPY_SOURCE_PREFIX), **ssec_headers(key=KEY[::-1])}
+    # AWS's names (what botocore sends): x-amz-copy-source-server-side-encryption-customer-*.
+    assert sse.COPY_SOURCE_SSEC_HEADERS[0] == "x-amz-copy-source-server-side-encryption-customer-algorithm"
+    headers = {**dict(zip(sse.COPY_SOURCE_SSEC_HEADERS, ssec_headers().values())), **ssec_headers(key=KEY[::-1])}
     assert sse.copy_source_customer_key(headers, secure=True).key == KEY
     assert sse.customer_key(headers, secure=True).key == KEY[::-1]
     assert sse.copy_source_customer_key(ssec_headers(), secure=True) is None
