@@ -22,7 +22,7 @@ from sealstore import errors, sigv4
 from sealstore.conditions import Conditions
 from sealstore.v1 import crypto_pb2, types_pb2
 
-from . import auth, bucket_config, copy, multipart, post_object, s3xml, sse
+from . import auth, bucket_config, config_xml, copy, multipart, post_object, s3xml, sse
 from .auth import Authenticator, Identity
 from .backend import Backend
 from .body import MAX_OBJECT_SIZE, body_from_request, checksum_headers, requested_checksum_headers
@@ -460,12 +460,15 @@ class S3Api:
             last = max(last, entries[-1].key)
 
     async def delete_objects(self, request: web.Request, identity: Identity, t: Target) -> web.Response:
-        keys, quiet = s3xml.parse_delete_objects(await self._small_body(request, identity, self.limits.max_xml_body))
+        objects, quiet = s3xml.parse_delete_object_versions(
+            await self._small_body(request, identity, self.limits.max_xml_body))
         await self.backend.bucket(t.bucket)
         deleted, failed = [], []
-        for key in keys:
+        for key, version in objects:
             try:
                 validate_key(key)
+                if version is not None:
+                    config_xml.check_version_id({"versionId": version})  # only "null" exists here
                 await bucket_config.delete_object_allowed(self, request, identity, t.bucket, key)
                 await self.backend.erasure.delete_object(t.bucket, key)
                 deleted.append(key)

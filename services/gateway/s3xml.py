@@ -244,19 +244,25 @@ def bucket_encryption(rule: BucketEncryptionRule) -> bytes:
 
 def parse_delete_objects(body: bytes) -> tuple[list[str], bool]:
     """DeleteObjects request: the keys (at most 1000) and whether Quiet was set."""
+    objects, quiet = parse_delete_object_versions(body)
+    return [key for key, _ in objects], quiet
+
+
+def parse_delete_object_versions(body: bytes) -> tuple[list[tuple[str, str | None]], bool]:
+    """DeleteObjects request: (key, VersionId or None) of each object (at most 1000), and Quiet."""
     root = _parse(body)
     if _local(root.tag) != "Delete":
         raise errors.MalformedXML()
-    keys = []
+    objects = []
     for obj in _children(root, "Object"):
         key = _text(obj, "Key")
         if key is None:
             raise errors.MalformedXML("Object without Key")
-        keys.append(key)
-    if not keys or len(keys) > 1000:
+        objects.append((key, _text(obj, "VersionId")))
+    if not objects or len(objects) > 1000:
         raise errors.MalformedXML("between 1 and 1000 objects per request")
     quiet = (_text(root, "Quiet") or "").strip().lower() == "true"
-    return keys, quiet
+    return objects, quiet
 
 
 def delete_result(deleted: Iterable[str], failed: Iterable[tuple[str, str, str]], quiet: bool) -> bytes:

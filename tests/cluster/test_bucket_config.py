@@ -343,6 +343,15 @@ def test_versioning_answers_and_list_object_versions(s3, bucket):
     s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": v["Key"], "VersionId": v["VersionId"]}
                                                          for v in versions]})
     assert "Versions" not in s3.list_object_versions(Bucket=bucket)
+    # A version id that was never issued deletes nothing.
+    s3.put_object(Bucket=bucket, Key="kept", Body=b"k")
+    result = s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "kept", "VersionId": "not-a-version"}]})
+    assert [(e["Key"], e["Code"]) for e in result["Errors"]] == [("kept", "InvalidArgument")]
+    with pytest.raises(ClientError) as exc:
+        s3.delete_object(Bucket=bucket, Key="kept", VersionId="not-a-version")
+    assert error_code(exc.value) == "InvalidArgument"
+    assert s3.get_object(Bucket=bucket, Key="kept")["Body"].read() == b"k"
+    s3.delete_object(Bucket=bucket, Key="kept")
     s3.delete_bucket(Bucket=bucket)
 
 

@@ -115,3 +115,11 @@ def test_list_versions_document():
     assert root.findtext("s3:NextVersionIdMarker", namespaces=N) == "null"
     assert root.findtext("s3:CommonPrefixes/s3:Prefix", namespaces=N) == "dir/"
     assert root.findtext("s3:EncodingType", namespaces=N) == "url"
+
+
+def test_delete_objects_with_version_ids():
+    from services.gateway import s3xml
+    body = (f'<Delete xmlns="{NS}"><Quiet>true</Quiet><Object><Key>a</Key><VersionId>null</VersionId></Object>'
+            "<Object><Key>b</Key></Object></Delete>").encode()
+    assert s3xml.parse_delete_object_versions(body) == ([("a", "null"), ("b", None)], True)
+    assert s3xml.parse_delete_objects(body) == (["a", "b"], True)
