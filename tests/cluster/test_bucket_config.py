@@ -368,3 +368,25 @@ def test_bad_xml_bodies(s3, bucket, cluster):
                                      hashlib.sha256(body).hexdigest(), cluster.access_key, cluster.secret_key)
         answer = requests.put(url, data=body, headers=headers, timeout=30)
         assert answer.status_code == 400 and _xml_code(answer) == "MalformedXML", (query, answer.text)
+
+
+def test_policy_tls_only(cluster, s3, bucket):
+    assert cluster.https_endpoint, "the local cluster serves HTTPS"
+    s3.put_object(Bucket=bucket, Key="o", Body=b"x")
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps({"Statement": [{
+        "Sid": "TlsOnly", "Effect": "Deny", "Principal": "*", "Action": "s3:*",
+        "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
+        "Condition": {"Bool": {"aws:SecureTransport": "false"}}}]}))
+    for call in (lambda: s3.get_object(Bucket=bucket, Key="o"), lambda: s3.list_objects_v2(Bucket=bucket),
+                 lambda: s3.put_object(Bucket=bucket, Key="p", Body=b"y")):
+        with pytest.raises(ClientError) as exc:
+            call()
+        assert error_code(exc.value) == "AccessDenied"
+    # A forged X-Forwarded-Proto does not make plain HTTP secure.
+    url = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "o"})
+    forged = requests.get(url, headers={"X-Forwarded-Proto": "https"}, timeout=30)
+    assert forged.status_code == 403
+    tls = cluster.s3(https=True)
+    assert tls.get_object(Bucket=bucket, Key="o")["Body"].read() == b"x"
+    tls.put_object(Bucket=bucket, Key="p", Body=b"y")
+    s3.delete_bucket_policy(Bucket=bucket)  # the owner can always manage the policy
