@@ -324,9 +324,11 @@ class ErasureSetClient:
                            max_keys: int) -> tuple[list[storage_pb2.ObjectEntry], bool]:
         """Entries that >= read_quorum members list with the same data_id, in key order.
 
-        Each member lists at most max_keys keys, so when a member's page is truncated its view
-        beyond its last key is unknown: only keys up to the smallest such "horizon" are decided,
-        and the listing continues from there until max_keys entries are decided.
+        Each member lists at most max_keys + 1 keys (one more than the page, so that a listing
+        on which the members agree is decided in one round, truncated or not), so when a
+        member's page is truncated its view beyond its last key is unknown: only keys up to the
+        smallest such "horizon" are decided, and the listing continues from there until max_keys
+        entries are decided.
         """
         if max_keys <= 0:
             return [], False
@@ -335,7 +337,7 @@ class ErasureSetClient:
         while True:
             def call(m: Member, cursor=cursor):
                 return m.stub.ListObjects(storage_pb2.ListObjectsRequest(
-                    bucket=bucket, prefix=prefix, start_after=cursor, max_keys=max_keys, drive=m.drive),
+                    bucket=bucket, prefix=prefix, start_after=cursor, max_keys=max_keys + 1, drive=m.drive),
                     timeout=self.timeout)
             outcomes = await self._each_member(call)
             pages = [o for o in outcomes if not _failed(o)]

@@ -180,6 +180,31 @@ def _file_identity(path: Path) -> tuple[int, ...]:
     return st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size
 
 
+def _identity_or_none(path: Path) -> str | None:
+    try:
+        return identity_text(_file_identity(path))
+    except FileNotFoundError:
+        return None
+
+
+def _folder_of(objects: Path, key: str) -> Path:
+    """The folder of `key` under a bucket's objects folder (as Drive._object_dir, unchecked)."""
+    h = _key_hash(key)
+    return objects / h[:2] / h
+
+
+def _remove_folder(path: Path) -> None:
+    """Removes an object's folder (a few files, no subfolders) if present."""
+    try:
+        for name in os.listdir(path):
+            os.unlink(path / name)
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _row_of(meta: types_pb2.ObjectMeta, identity: tuple[int, ...] | str) -> Row:
     ident = identity if isinstance(identity, str) else identity_text(identity)
     return Row(meta.key, meta.size, meta.etag, meta.mtime_ns, meta.data_id, ident, _listing_extra(meta))
@@ -759,69 +784,90 @@ class Drive:
         self._remove_upload(meta.bucket, upload_id, [p.number for p in meta.parts])
 
     def _take_parts(self, meta: types_pb2.ObjectMeta, upload_id: str, obj_dir: Path) -> dict[str, Path]:
-        """The part shards of this drive to move into `obj_dir`: shard file name -> its path in its
-        part object (checked first for every part, so that an InvalidPart moves nothing)."""
-        placed: dict[str, Path] = {}
+        """Moves this drive's part shards into `obj_dir`; returns shard file name -> its new path.
+        Every part is checked before any moves, so that an InvalidPart moves nothing; a part
+        object replaced since its check (uploaded again) is left where it is."""
+        objects = self._existing_bucket_dir(SYSTEM_BUCKET) / "objects"
+        rows = self._indexed_rows(multipart.parts_prefix(meta.bucket, upload_id))
+        found: dict[str, tuple[Path, str]] = {}
         for part in meta.parts:
             name = f"{part.data_id}.shard"
             if (obj_dir / name).exists():
                 continue  # moved by an earlier attempt
             key = multipart.part_key(meta.bucket, upload_id, part.number)
-            part_dir = self._object_dir(SYSTEM_BUCKET, key)
+            part_dir = _folder_of(objects, key)
             with self._locked(part_dir):
-                held, corrupt = self._read_meta_or_corrupt(part_dir)
-                if corrupt or held is None:
-                    continue
-                if held.bucket != SYSTEM_BUCKET or held.key != key:
-                    self._warn_once(part_dir / "meta.json", f"part {part.number} of upload {upload_id} names "
-                                                           f"another object ({held.bucket!r}/{held.key!r}); not used")
+                held, identity = self._part_held(part_dir, key, rows.get(key))
+                if held is None:
                     continue
                 if held.data_id != part.data_id:
                     raise errors.InvalidPart(f"part {part.number} of upload {upload_id} is {held.data_id} on this "
                                              f"drive, not {part.data_id}")
-                if not held.parts or held.parts[0].stripe_count != part.stripe_count \
-                        or held.parts[0].stored_size != part.stored_size:
+                if held.stripe_count != part.stripe_count or held.stored_size != part.stored_size:
                     raise errors.InvalidPart(f"part {part.number} of upload {upload_id}: its size or layout differs "
                                              f"from the completion's")
                 if (part_dir / name).exists():
-                    placed[name] = part_dir / name
-        # Moved under each part's lock again: a part uploaded again since the check is left where it is.
+                    found[name] = (part_dir, identity)
         moved: dict[str, Path] = {}
-        for part in meta.parts:
-            name = f"{part.data_id}.shard"
-            if name not in placed:
-                continue
-            part_dir = placed[name].parent
+        for name, (part_dir, identity) in found.items():
             with self._locked(part_dir):
-                held, _ = self._read_meta_or_corrupt(part_dir)
-                if held is not None and held.data_id == part.data_id and placed[name].exists():
-                    os.replace(placed[name], obj_dir / name)
+                if _identity_or_none(part_dir / "meta.json") == identity:
+                    os.replace(part_dir / name, obj_dir / name)
                     moved[name] = obj_dir / name
-        # Already in place: _install renames each onto itself.
         return moved
+
+    def _indexed_rows(self, prefix: str) -> dict[str, Row]:
+        """The listing index's rows of `.multipart` under `prefix` (a cache, checked by the caller)."""
+        rows: dict[str, Row] = {}
+        if self.index is None:
+            return rows
+        self._index_ready.wait()
+        after = ""
+        try:
+            while True:
+                page = self.index.page(SYSTEM_BUCKET, prefix, after, 1000)
+                rows.update((r.key, r) for r in page if r.key.startswith(prefix))
+                if len(page) < 1000 or not page[-1].key.startswith(prefix):
+                    return rows
+                after = page[-1].key
+        except sqlite3.Error as exc:
+            log.warning("drive %s: listing index unreadable (%s); reading part metadata files", self.root, exc)
+            return rows
+
+    def _part_held(self, part_dir: Path, key: str, row: Row | None) -> tuple[types_pb2.ObjectPart | None, str]:
+        """The part the part object `key` holds on this drive (its ObjectPart, with data_id the
+        object's), and the identity of its meta.json; None when absent, unreadable or naming
+        another object. From the index row when it was read from this very file (no parse)."""
+        identity = _identity_or_none(part_dir / "meta.json")
+        if identity is None:
+            return None, ""
+        if row is not None and row.ident == identity and row.extra:
+            part = storage_pb2.ObjectEntry.FromString(row.extra).part
+            if part.data_id == row.data_id:
+                return part, identity
+        held, corrupt = self._read_meta_or_corrupt(part_dir)
+        if corrupt or held is None:
+            return None, ""
+        if held.bucket != SYSTEM_BUCKET or held.key != key or len(held.parts) != 1 \
+                or held.parts[0].data_id != held.data_id:
+            self._warn_once(part_dir / "meta.json", f"part object {key!r} holds another object "
+                                                   f"({held.bucket!r}/{held.key!r}); not used")
+            return None, ""
+        return held.parts[0], identity
 
     def _remove_upload(self, bucket: str, upload_id: str, numbers: list[int]) -> None:
         """Removes the upload's record and every part object from this drive: the parts named, and
         every part the listing index holds under the upload's prefix."""
         keys = {multipart.record_key(bucket, upload_id)}
         keys.update(multipart.part_key(bucket, upload_id, n) for n in numbers)
-        prefix = multipart.parts_prefix(bucket, upload_id)
-        if self.index is not None:
-            self._index_ready.wait()
-            after = ""
-            while True:
-                rows = self.index.page(SYSTEM_BUCKET, prefix, after, 1000)
-                listed = [r.key for r in rows if r.key.startswith(prefix)]
-                keys.update(listed)
-                if len(listed) < len(rows) or len(rows) < 1000:
-                    break
-                after = rows[-1].key
+        keys.update(self._indexed_rows(multipart.parts_prefix(bucket, upload_id)))
+        objects = self._existing_bucket_dir(SYSTEM_BUCKET) / "objects"
         for key in sorted(keys):
-            part_dir = self._object_dir(SYSTEM_BUCKET, key)
+            part_dir = _folder_of(objects, key)
             with self._locked(part_dir):
                 # No fsync per folder: an upload's leftovers that a crash brings back are removed
                 # by the upload expiry (their record is gone), never read.
-                shutil.rmtree(part_dir, ignore_errors=True)
+                _remove_folder(part_dir)
         self._index_write(lambda index: index.remove_many(SYSTEM_BUCKET, keys))
 
     def _expire_retained(self) -> None:
