@@ -46,6 +46,7 @@ class PeakRss:
         self.pids = pids
         self.interval = interval
         self.sampled = {name: 0 for name in pids}
+        self.before_mib = {name: round(status_kib(pid, "VmRSS") / 1024, 1) for name, pid in pids.items()}
         self.hwm_reset = True
         self._stop = threading.Event()
 
@@ -99,6 +100,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sealstore-bench-mp-") as tmp:
         source = Path(tmp) / "object.bin"
         make_file(source, size)
+        (Path(tmp) / "cluster").mkdir()
         cluster = start_cluster(Path(tmp) / "cluster")
         try:
             services = cluster.cluster_json()["services"]
@@ -124,7 +126,8 @@ def main() -> None:
                 assert head["ContentLength"] == size and head["SSEKMSKeyId"] == "bench-key", head
                 parts = head["ETag"].strip('"').rpartition("-")[2] if "-" in head["ETag"] else "1"
                 results[label] = {"seconds": round(elapsed, 2), "mib_per_s": round(args.mib / elapsed, 1),
-                                  "parts": int(parts), "peak_rss_mib": rss.peak_mib}
+                                  "parts": int(parts), "peak_rss_mib": rss.peak_mib,
+                                  "rss_before_mib": rss.before_mib}
         finally:
             stop_cluster(cluster)
     report = {"object_mib": args.mib, "part_mib": args.part_mib, "parts_in_flight": args.in_flight,
@@ -133,10 +136,14 @@ def main() -> None:
               "results": results}
     print(f"sealstore multipart bench: {args.mib} MiB SSE-KMS object, {os.cpu_count()} cores, "
           f"boto3 upload_file; multipart {args.part_mib} MiB parts, {args.in_flight} in flight")
-    print(f"  {'upload':<12}{'MiB/s':>8}{'seconds':>9}{'parts':>7}{'gateway RSS':>13}{'worker RSS':>12}")
+    print(f"  {'upload':<12}{'MiB/s':>8}{'seconds':>9}{'parts':>7}   peak RSS (before): gateway, worker")
     for label, r in results.items():
-        print(f"  {label:<12}{r['mib_per_s']:>8.1f}{r['seconds']:>9.1f}{r['parts']:>7}"
-              f"{r['peak_rss_mib']['gateway']:>10.1f} MiB{r['peak_rss_mib']['crypto']:>8.1f} MiB")
+        peak, before = r["peak_rss_mib"], r["rss_before_mib"]
+        print(f"  {label:<12}{r['mib_per_s']:>8.1f}{r['seconds']:>9.1f}{r['parts']:>7}   "
+              f"{peak['gateway']:.1f} ({before['gateway']:.1f}) MiB, {peak['crypto']:.1f} ({before['crypto']:.1f}) MiB")
+    load = os.getloadavg()[0]
+    print(f"  load average at the end: {load:.1f} (other work on the machine skews these figures)")
+    report["load_average_1m"] = round(load, 1)
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     print(f"  written to {args.json}")
 
