@@ -340,3 +340,28 @@ def test_rclone_pure_defaults_on_an_sse_kms_bucket(lanes, payloads):
         assert "md5 hash differ" in str(failed), failed
         pytest.xfail("client cannot: rclone with pure defaults checks an SSE-KMS ETag as an MD5 "
                      "(the same on AWS); set server_side_encryption = aws:kms on the remote")
+
+
+@pytest.mark.parametrize("algorithm", ["CRC32C", "CRC64NVME", "SHA1"])
+def test_boto3_given_checksum_of_each_algorithm(algorithm, lanes, admin):
+    """Algorithms botocore computes only with the CRT: the caller gives the value (computed here
+    with independent code), the gateway verifies it against the body, keeps it and returns it."""
+    import crc32c
+    import crcmod
+    lane = lane_of(lanes, "boto3")
+    body = os.urandom(2 * MiB + 11)
+    if algorithm == "CRC32C":
+        raw = crc32c.crc32c(body).to_bytes(4, "big")
+    elif algorithm == "CRC64NVME":
+        raw = crcmod.mkCrcFun(0x1AD93D23594C93659, initCrc=0, rev=True, xorOut=(1 << 64) - 1)(body).to_bytes(8, "big")
+    else:
+        raw = hashlib.sha1(body).digest()
+    value = base64.b64encode(raw).decode()
+    key = f"checksum/given-{algorithm}.bin"
+    put = admin.put_object(Bucket=lane.bucket, Key=key, Body=body, **{f"Checksum{algorithm}": value})
+    assert put.get(f"Checksum{algorithm}") == value
+    assert admin.head_object(Bucket=lane.bucket, Key=key, ChecksumMode="ENABLED").get(f"Checksum{algorithm}") == value
+    flipped = base64.b64encode(bytes([raw[0] ^ 1]) + raw[1:]).decode()
+    with pytest.raises(ClientError) as refused:
+        admin.put_object(Bucket=lane.bucket, Key=key + ".bad", Body=body, **{f"Checksum{algorithm}": flipped})
+    assert refused.value.response["Error"]["Code"] == "BadDigest"
