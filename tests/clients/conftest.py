@@ -33,8 +33,9 @@ def _random_file(path: Path, size: int) -> Payload:
     return Payload(path, size, digest.hexdigest())
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def cluster(tmp_path_factory):
+    """Stopped when tests/clients is done, not at the end of a whole-suite run."""
     https_port = free_port()
     running = start_cluster(tmp_path_factory.mktemp("clients"),
                             extra_env={"SEALSTORE_GATEWAY_HTTPS_ADDR": f"127.0.0.1:{https_port}"})
@@ -63,7 +64,7 @@ def sync_folder(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def kms_keys(cluster) -> tuple[str, str]:
     """(bucket default key, the key copies move to)."""
     default, other = unique("matrix-default"), unique("matrix-other")
