@@ -789,6 +789,9 @@ class Drive:
         object replaced since its check (uploaded again) is left where it is."""
         objects = self._existing_bucket_dir(SYSTEM_BUCKET) / "objects"
         rows = self._indexed_rows(multipart.parts_prefix(meta.bucket, upload_id))
+        # Without its record here, the upload was aborted (or never reached this drive): a part
+        # it lacks must not become a hole in a new object.
+        record = _identity_or_none(_folder_of(objects, multipart.record_key(meta.bucket, upload_id)) / "meta.json")
         found: dict[str, tuple[Path, str]] = {}
         for part in meta.parts:
             name = f"{part.data_id}.shard"
@@ -799,6 +802,9 @@ class Drive:
             with self._locked(part_dir):
                 held, identity = self._part_held(part_dir, key, rows.get(key))
                 if held is None:
+                    if record is None:
+                        raise errors.NoSuchUpload(f"upload {upload_id} has no record and no part {part.number} "
+                                                  f"on this drive")
                     continue
                 if held.data_id != part.data_id:
                     raise errors.InvalidPart(f"part {part.number} of upload {upload_id} is {held.data_id} on this "

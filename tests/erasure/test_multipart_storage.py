@@ -271,3 +271,20 @@ def test_uploads_live_in_the_completed_objects_set(tmp_path):
         records, _ = await store.list_objects(SYSTEM_BUCKET, multipart.uploads_prefix(BUCKET), "", 1000)
         assert sorted(r.upload.upload_id for r in records) == sorted(u for u, _ in uploads)
     run(storage, test)
+
+
+def test_completing_an_aborted_upload_is_no_such_upload_and_makes_no_object(tmp_path):
+    storage = RealStorage(tmp_path)
+
+    async def test(store):
+        upload_id, parts = await upload(store, BUCKET, "k", PARTS)
+        # An abort (a prefix delete) that removed the record and part 2 everywhere before the completion.
+        for key in (multipart.record_key(BUCKET, upload_id), multipart.part_key(BUCKET, upload_id, 2)):
+            await store.delete_object(SYSTEM_BUCKET, key)
+        with pytest.raises(errors.NoSuchUpload):
+            await store.complete_multipart(completed_meta(store, BUCKET, "k", upload_id, parts))
+        with pytest.raises(errors.NoSuchKey):
+            await store.get_object_meta(BUCKET, "k")
+        for member in range(4):  # nothing moved: parts 1 and 3 are where they were
+            assert system_keys(storage, member) == [multipart.part_key(BUCKET, upload_id, n) for n in (1, 3)]
+    run(storage, test)
