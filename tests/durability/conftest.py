@@ -108,7 +108,9 @@ def leftovers(cluster: RunningCluster, bucket: str) -> list[Path]:
         for o in object_dirs(d, bucket):
             named = set()
             if (o / "meta.json").exists():
-                named.add(json.loads((o / "meta.json").read_text())["data_id"] + ".shard")
+                meta = json.loads((o / "meta.json").read_text())
+                named.add(meta["data_id"] + ".shard")
+                named.update(p["data_id"] + ".shard" for p in meta.get("parts", []))  # a multipart object
             found += [p for p in o.glob("*.shard") if p.name not in named]
     return found
 
