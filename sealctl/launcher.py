@@ -7,7 +7,12 @@ can find the cluster.
 
 Supervision: a service that exits is logged and started again after a backoff (0.5 s, doubling
 to 30 s; back to 0.5 s once it has stayed up 60 s), while the others keep serving; the erasure
-code rides out m storage nodes down. SIGINT/SIGTERM stop everything.
+code rides out m storage nodes down. SIGINT/SIGTERM stop everything, front to back: the gateway
+first (it finishes the requests it has, up to SEALSTORE_SHUTDOWN_GRACE), then the workers and the
+heal service, then the kms and the storage nodes, so no request loses a service behind it.
+
+Each service serves Prometheus metrics on loopback: the gateway on the base port + 50, every
+other service on its own gRPC port + 50 (kms 9151, crypto 9152, heal 9153, storage 9161...).
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sealstore import config, tls
+from sealstore import config, observability, tls
 
 ENV_STORAGE_NODES = "SEALSTORE_STORAGE_NODES"
 ENV_DRIVES_PER_NODE = "SEALSTORE_DRIVES_PER_NODE"
@@ -48,6 +53,9 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "2
               "MALLOC_ARENA_MAX": "2"}
 
 STARTUP_TIMEOUT = 60.0
+METRICS_OFFSET = 50
+"""A service's metrics port is its gRPC port + this (the gateway's: the base port + this): inside
+the launcher's block of ports, clear of the storage nodes' +11... for up to 39 nodes."""
 
 
 @dataclass
@@ -111,6 +119,8 @@ class Service:
     drives: list[str] = field(default_factory=list)
     also_listens: list[str] = field(default_factory=list)
     """Other addresses it serves (the gateway's HTTPS): free before the start, listening after."""
+    metrics: str = ""
+    """host:port of its Prometheus /metrics (loopback)."""
     process: subprocess.Popen | None = None
     log_path: Path | None = None
     restarts: int = 0
@@ -131,8 +141,9 @@ class Service:
     def command(self, data: Path) -> list[str]:
         # The gateway has no --instance flag: it is gateway-0, its default.
         instance = ["--instance", self.instance] if self.instance and self.role != "gateway" else []
+        metrics = ["--metrics-listen", self.metrics] if self.metrics else []
         return [sys.executable, "-m", f"services.{self.role}", "--listen", self.address,
-                "--data-dir", str(data), *instance, *self.args]
+                "--data-dir", str(data), *instance, *metrics, *self.args]
 
 
 def pki_layout(layout: Layout) -> tls.PkiLayout:
@@ -218,6 +229,9 @@ def plan_services(data: Path, layout: Layout, deployment_id: str = "") -> tuple[
     https = ["--https-listen", layout.gateway_https or "off"]
     services.append(Service("gateway", "gateway", layout.gateway, https, tls.instance_name("gateway", 0),
                             also_listens=[layout.gateway_https] if layout.gateway_https else []))
+    for s in services:
+        port = layout.base_port if s.role == "gateway" else int(s.address.rsplit(":", 1)[1])
+        s.metrics = f"{host}:{port + METRICS_OFFSET}"
     return services, members
 
 
@@ -244,6 +258,7 @@ class Cluster:
              "pid": s.process.pid if s.process and s.process.poll() is None else None,
              "restarts": s.restarts,
              **({"drives": s.drives} if s.drives else {}),
+             **({"metrics": s.metrics} if s.metrics else {}),
              "argv": s.command(self.data),
              "log": str(s.log_path) if s.log_path else None}
             for s in self.services]
@@ -256,7 +271,8 @@ class Cluster:
         config.write_file_atomic(self.data / "cluster.json", json.dumps(raw, indent=2).encode(), mode=0o644)
 
     def start(self) -> None:
-        busy = [a for s in self.services for a in (s.address, *s.also_listens) if not _port_free(a)]
+        busy = [a for s in self.services for a in (s.address, *s.also_listens, *([s.metrics] if s.metrics else []))
+                if not _port_free(a)]
         if busy:
             raise SystemExit(f"sealstore: address already in use: {', '.join(busy)} (another cluster running? "
                              f"set {ENV_BASE_PORT} / {config.ENV_GATEWAY_ADDR} / {config.ENV_GATEWAY_HTTPS_ADDR})")
@@ -321,19 +337,23 @@ class Cluster:
             self._record(ready=True)
 
     def stop(self) -> None:
-        # Reverse order: the gateway stops taking requests before the services behind it go.
-        for s in reversed(self.services):
-            if s.process and s.process.poll() is None:
-                s.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for s in reversed(self.services):
-            if s.process is None:
-                continue
-            try:
-                s.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                s.process.kill()
-                s.process.wait()
+        # Front to back, one wave after the other: the gateway finishes its requests while the
+        # workers, kms and drives behind it still serve them; then the workers finish theirs.
+        grace = observability.shutdown_grace()
+        for wave in (("gateway",), ("crypto", "heal"), ("kms", "storage")):
+            members = [s for s in self.services if s.role in wave and s.process is not None]
+            for s in members:
+                if s.process.poll() is None:
+                    s.process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + grace + 5
+            for s in members:
+                try:
+                    s.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    print(f"sealstore: {s.name} did not stop within {grace:g} s; killing it", file=sys.stderr,
+                          flush=True)
+                    s.process.kill()
+                    s.process.wait()
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -364,6 +384,7 @@ def run(argv: list[str] | None = None) -> int:
         print(f"  HTTPS endpoint https://{layout.gateway_https} (clients trust {config.certs_dir(data) / 'ca.pem'})",
               flush=True)
     print(f"  data: {data}   logs: {data / 'logs'}", flush=True)
+    print("  metrics: " + " ".join(f"{s.name}=http://{s.metrics}/metrics" for s in cluster.services), flush=True)
     print(f"  erasure sets: {layout.set_count} of {layout.set_drive_count} drives ({drives} drives on "
           f"{layout.storage_nodes} nodes), {layout.set_drive_count - layout.parity} data + {layout.parity} parity",
           flush=True)

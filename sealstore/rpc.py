@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from sealstore import errors
+from sealstore import errors, observability
 from sealstore.tls import SERVICE_NAMES, role_of_instance, tls_files
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,8 @@ def channel_options(server: str, base: list[tuple[str, Any]] | None = None) -> l
 def aio_channel(certs: Path, instance: str, target: str, *, server: str) -> grpc.aio.Channel:
     """An mTLS channel to the `server` service ("kms", "crypto", "storage") at `target`,
     presenting the certificate of `instance` (an instance name, or a role for its first instance)."""
-    return grpc.aio.secure_channel(target, channel_credentials(certs, instance), options=channel_options(server))
+    return observability.traced_channel(
+        grpc.aio.secure_channel(target, channel_credentials(certs, instance), options=channel_options(server)))
 
 
 def sync_channel(certs: Path, instance: str, target: str, *, server: str) -> grpc.Channel:
@@ -145,7 +146,8 @@ def build_server(*, certs: Path, role: str, listen: str,
     if role_of_instance(instance) != role:
         raise ValueError(f"a {role} server cannot present the certificate of {instance}")
     checks = [authz.RoleAuthorization(role)] if role in ("storage", "crypto") else []
-    server = grpc.aio.server(interceptors=[ErrorInterceptor(), *interceptors, *checks], options=CHANNEL_OPTIONS)
+    server = grpc.aio.server(interceptors=[ErrorInterceptor(), observability.RpcObservability(), *interceptors, *checks],
+                             options=CHANNEL_OPTIONS)
     names = [reflection.SERVICE_NAME, health.SERVICE_NAME]
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -169,7 +171,7 @@ async def run_server(server: grpc.aio.Server, on_stop: Callable[[], Any] | None 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    await server.stop(grace=2)
+    await observability.drain_grpc_server(server)
     if on_stop is not None:
         result = on_stop()
         if inspect.isawaitable(result):
@@ -177,4 +179,4 @@ async def run_server(server: grpc.aio.Server, on_stop: Callable[[], Any] | None 
 
 
 def configure_logging(role: str) -> None:
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {role} %(levelname)s %(name)s: %(message)s")
+    observability.configure_logging(role)

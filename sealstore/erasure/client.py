@@ -46,6 +46,7 @@ from sealstore.config import Topology, set_of
 from sealstore.erasure import quorum
 from sealstore.erasure.versions import ShardFile, shard_files  # noqa: F401 (part of this module's API)
 from sealstore.multipart import SYSTEM_BUCKET
+from sealstore.observability import traced_channel
 from sealstore.erasure.quorum import failed as _failed
 from sealstore.rpc import CHANNEL_OPTIONS, channel_credentials, channel_options
 from sealstore.v1 import storage_pb2, storage_pb2_grpc, types_pb2
@@ -67,8 +68,8 @@ _MEMBER_CHANNEL_OPTIONS = [*CHANNEL_OPTIONS, ("grpc.initial_reconnect_backoff_ms
 def _member_channel(certs: Path, role: str, address: str) -> grpc.aio.Channel:
     """`role`: the caller's instance (or role, for its first instance); the member must prove
     it is a storage node (sealstore.rpc.channel_options)."""
-    return grpc.aio.secure_channel(address, channel_credentials(certs, role),
-                                   options=channel_options("storage", _MEMBER_CHANNEL_OPTIONS))
+    return traced_channel(grpc.aio.secure_channel(address, channel_credentials(certs, role),
+                                                  options=channel_options("storage", _MEMBER_CHANNEL_OPTIONS)))
 
 @dataclass(frozen=True)
 class Member:

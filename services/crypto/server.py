@@ -11,7 +11,7 @@ import asyncio
 import logging
 from pathlib import Path
 
-from sealstore import config
+from sealstore import config, observability
 from sealstore import memory
 from sealstore.erasure import client as erasure_client
 from sealstore.rpc import aio_channel, build_server, configure_logging, run_server
@@ -32,6 +32,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"cluster data folder (default ${config.ENV_DATA_DIR} or ./data)")
     p.add_argument("--instance", default=None,
                    help=f"this instance's certificate name, e.g. crypto-1 (default ${config.ENV_INSTANCE} or crypto-0)")
+    p.add_argument("--metrics-listen", default=observability.metrics_flag_default(),
+                   help=f"[host:]port to serve Prometheus /metrics on (default ${observability.ENV_METRICS_ADDR} or off; "
+                        f"a bare port is loopback)")
     p.add_argument("--cipher", default="aes", help="DARE cipher for new objects: aes (AES-256-GCM, default) "
                    "or chacha20 (ChaCha20-Poly1305)")
     args = p.parse_args(argv)
@@ -59,6 +62,7 @@ async def serve(args: argparse.Namespace) -> None:
     async def close() -> None:
         await store.close()
         await kms_channel.close()
+    observability.start_metrics_server(args.metrics_listen)
     trimming = memory.start_trimming()  # noqa: F841 (kept alive for the life of the server)
     await run_server(server, on_stop=close)
 

@@ -7,7 +7,7 @@ from sealstore import errors
 from sealstore.conditions import Conditions
 from sealstore.erasure.client import ErasureSetClient, ErasureSets
 from sealstore.v1 import crypto_pb2, crypto_pb2_grpc
-from services.crypto import dare, keys, multipart
+from services.crypto import dare, keys, metrics, multipart
 from services.crypto.copy import CopyRequest, copy_object
 from services.crypto.get_pipeline import RangeRequest, open_object
 from services.crypto.kms_client import KmsClient
@@ -63,6 +63,7 @@ class CryptoServicer(crypto_pb2_grpc.CryptoServiceServicer):
         except errors.SealstoreError as err:
             await _send_early_error(context, err)
             raise
+        metrics.sealed("part" if header.part is not None else "put", meta)
         return crypto_pb2.PutObjectResponse(meta=meta)
 
     async def GetObject(self, request, context):
@@ -74,7 +75,11 @@ class CryptoServicer(crypto_pb2_grpc.CryptoServiceServicer):
         yield crypto_pb2.GetObjectResponse(head=crypto_pb2.GetObjectHead(
             meta=reader.meta, offset=reader.range.offset, length=reader.range.length,
             is_range=reader.range.is_range, not_modified=reader.not_modified))
+        mode = metrics.sse_mode(reader.meta)
+        metrics.OBJECTS.labels("get", mode).inc()
+        opened = metrics.OPENED.labels(mode)
         async for chunk in reader.chunks():
+            opened.inc(len(chunk))
             yield crypto_pb2.GetObjectResponse(data=chunk)
 
 
@@ -94,6 +99,7 @@ class CryptoServicer(crypto_pb2_grpc.CryptoServiceServicer):
             source_range=_range(request.source_range) if request.HasField("source_range") else None,
             replace_metadata=request.replace_metadata, replace_tags=request.replace_tags)
         meta = await copy_object(self.store, self.kms, copy, cipher=self.cipher)
+        metrics.sealed("copy", meta)
         return crypto_pb2.PutObjectResponse(meta=meta)
 
 

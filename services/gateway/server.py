@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import hashlib
 import logging
 import os
 import signal
 import ssl
-import uuid
 from pathlib import Path
 
 from aiohttp import HttpVersion11, web
@@ -22,10 +23,10 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.log import server_logger as server_log
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
-from sealstore import config, errors, memory
+from sealstore import config, errors, memory, observability
 from sealstore.rpc import configure_logging
 
-from . import s3xml
+from . import access, s3xml
 from .auth import Authenticator, Credentials
 from .limits import Limits
 from .s3api import CONTINUE_PENDING, S3Api
@@ -67,9 +68,45 @@ def _log_refusal(request: web.Request, err: errors.SealstoreError) -> None:
             err.http_status, err.code, printable(err.message))
 
 
+def _start(request: web.Request) -> str:
+    """The request's id, made once (by the expect handler or here); the access line and the
+    metrics count the request from now on."""
+    request_id = request.get(access.REQUEST_ID)
+    if request_id is None:
+        request_id = observability.new_request_id()
+        access.request_started(request, request_id)
+    return request_id
+
+
+async def _request_id_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Every response, streamed ones included, names its request as AWS does: x-amz-request-id
+    (what every log line of every service carries) and x-amz-id-2 (here a digest of it)."""
+    request_id = request.get(access.REQUEST_ID)
+    if request_id and "x-amz-request-id" not in response.headers:
+        response.headers["x-amz-request-id"] = request_id
+    if request_id and "x-amz-id-2" not in response.headers:
+        response.headers["x-amz-id-2"] = base64.b64encode(
+            hashlib.sha256(f"sealstore/{request_id}".encode()).digest()).decode()
+
+
 @web.middleware
 async def s3_errors(request: web.Request, handler):
-    request_id = uuid.uuid4().hex[:16].upper()
+    request_id = _start(request)
+    bound = observability.bind_request_id(request_id)  # every gRPC call of this request carries it
+    try:
+        return await _answer(request, handler, request_id)
+    except (asyncio.CancelledError, ConnectionResetError):
+        access.request_aborted(request, _domains(request))
+        raise
+    finally:
+        observability.unbind_request_id(bound)
+
+
+def _domains(request: web.Request) -> tuple[str, ...]:
+    return request.app.get(DOMAINS, ())
+
+
+async def _answer(request: web.Request, handler, request_id: str) -> web.StreamResponse:
     try:
         response = await handler(request)
     except errors.SealstoreError as err:
@@ -93,8 +130,13 @@ async def s3_errors(request: web.Request, handler):
     return response
 
 
+DOMAINS = web.AppKey("sealstore_domains", tuple)
+
+
 def build_app(api: S3Api) -> web.Application:
     app = web.Application(middlewares=[s3_errors], client_max_size=MAX_REQUEST_BODY)
+    app[DOMAINS] = tuple(api.domains)
+    app.on_response_prepare.append(_request_id_headers)
 
     async def expect_continue(request: web.Request):
         """Refuses an oversized body at once; otherwise the `100 Continue` is only owed.
@@ -102,17 +144,17 @@ def build_app(api: S3Api) -> web.Application:
         The operation sends it (s3api.grant_continue) after authentication and its own checks,
         so that a PUT to a missing bucket or naming a missing or disabled KMS key is answered
         before the client sends its body."""
+        request_id = _start(request)
         try:
             api.precheck(request)
         except errors.SealstoreError as err:
             _log_refusal(request, err)
-            response = error_response(request, err, uuid.uuid4().hex[:16].upper())
+            response = error_response(request, err, request_id)
             response.force_close()
             return response
         if request.version == HttpVersion11:
             if request.headers.get("Expect", "").lower() != "100-continue":
-                return error_response(request, errors.InvalidRequest("Expect must be 100-continue"),
-                                      uuid.uuid4().hex[:16].upper())
+                return error_response(request, errors.InvalidRequest("Expect must be 100-continue"), request_id)
             request[CONTINUE_PENDING] = True
         return None
 
@@ -192,7 +234,12 @@ class GatewayRunner(web.AppRunner):
     """The AppRunner with the front-door limits applied (used by `serve` and by the tests)."""
 
     def __init__(self, app: web.Application, limits: Limits, **kwargs):
-        super().__init__(app, access_log=None, handler_cancellation=True, logger=_QuietServerLog(server_log, {}),
+        # One access line per request (services/gateway/access.py); on SIGTERM, cleanup() waits
+        # up to the grace period for requests in progress before cancelling them.
+        access_log_class = type("GatewayAccessLogger", (access.S3AccessLogger,), {"domains": app.get(DOMAINS, ())})
+        kwargs.setdefault("shutdown_timeout", observability.shutdown_grace())
+        super().__init__(app, access_log=access.log, access_log_class=access_log_class, handler_cancellation=True,
+                         logger=_QuietServerLog(server_log, {}),
                          max_line_size=limits.max_request_line, max_field_size=limits.max_header_size,
                          max_headers=limits.max_headers, keepalive_timeout=limits.idle_timeout,
                          lingering_time=LINGERING_SECONDS, **kwargs)
@@ -235,7 +282,7 @@ def https_files(data_dir: Path, cert: str = "", key: str = "") -> tuple[Path, Pa
 
 
 async def serve(listen: str, data_dir: Path, domains: tuple[str, ...], https_listen: str = "",
-                tls_files: tuple[Path, Path] | None = None) -> None:
+                tls_files: tuple[Path, Path] | None = None, metrics_listen: str = "") -> None:
     host, _, port = listen.rpartition(":")
     limits = Limits.from_env()
     context = https_context(*tls_files) if https_listen else None  # a bad certificate fails the start
@@ -253,13 +300,16 @@ async def serve(listen: str, data_dir: Path, domains: tuple[str, ...], https_lis
                                   ssl_context=context)
         await secure_site.start()
         log.info("S3 gateway listening on https://%s (certificate %s)", https_listen, tls_files[0])
+    observability.start_metrics_server(metrics_listen)
     trimming = memory.start_trimming()  # noqa: F841 (RSS stays flat under load: sealstore/memory.py)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    log.info("stopping: no new connections; requests in progress get up to %g s", runner._shutdown_timeout)
     await runner.cleanup()
+    log.info("stopped")
 
 
 def main(argv=None) -> None:
@@ -274,9 +324,13 @@ def main(argv=None) -> None:
     parser.add_argument("--tls-cert", default="", help=f"HTTPS certificate chain (default ${config.ENV_GATEWAY_TLS_CERT}, "
                                                        f"else <certs>/https/gateway.pem)")
     parser.add_argument("--tls-key", default="", help=f"its key (default ${config.ENV_GATEWAY_TLS_KEY})")
+    parser.add_argument("--metrics-listen", default=observability.metrics_flag_default(),
+                        help=f"[host:]port to serve Prometheus /metrics on (default ${observability.ENV_METRICS_ADDR} "
+                             f"or off; a bare port is loopback)")
     args = parser.parse_args(argv)
     configure_logging("gateway")
     data_dir = Path(args.data_dir).resolve()
     https_listen = "" if args.https_listen.strip().lower() in ("", "off") else args.https_listen.strip()
     tls_files = https_files(data_dir, args.tls_cert, args.tls_key) if https_listen else None
-    asyncio.run(serve(args.listen, data_dir, tuple(args.domain) or ("localhost",), https_listen, tls_files))
+    asyncio.run(serve(args.listen, data_dir, tuple(args.domain) or ("localhost",), https_listen, tls_files,
+                      args.metrics_listen))

@@ -13,7 +13,7 @@ import logging
 import os
 from pathlib import Path
 
-from sealstore import authz, config
+from sealstore import authz, config, observability
 from sealstore.rpc import build_server, configure_logging, run_server
 from sealstore.v1 import heal_pb2_grpc
 
@@ -33,9 +33,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"cluster data folder (default ${config.ENV_DATA_DIR} or ./data)")
     p.add_argument("--instance", default=None,
                    help=f"this instance's certificate name (default ${config.ENV_INSTANCE} or heal-0)")
+    p.add_argument("--metrics-listen", default=observability.metrics_flag_default(),
+                   help=f"[host:]port to serve Prometheus /metrics on (default ${observability.ENV_METRICS_ADDR} or off; "
+                        f"a bare port is loopback)")
     p.add_argument("--metrics-port", type=int, default=int(os.environ.get(ENV_METRICS_PORT) or 0),
-                   help=f"serve the heal counters (Prometheus) over HTTP on this port (default ${ENV_METRICS_PORT} "
-                        f"or off)")
+                   help=f"without --metrics-listen: serve /metrics on all interfaces at this port (default "
+                        f"${ENV_METRICS_PORT} or off)")
     return p.parse_args(argv)
 
 
@@ -50,9 +53,8 @@ async def serve(args: argparse.Namespace) -> None:
                           interceptors=[authz.RoleAuthorization(ROLE)],
                           services=[(heal_pb2_grpc.add_HealServiceServicer_to_server, HealServicer(healer),
                                      SERVICE_NAME)])
-    if args.metrics_port:
-        from prometheus_client import start_http_server
-        start_http_server(args.metrics_port)
+    observability.start_metrics_server(args.metrics_listen or (f"0.0.0.0:{args.metrics_port}" if args.metrics_port
+                                                               else ""))
     log.info("heal service listening on %s; %d erasure set(s) of %d drives", args.listen,
              len(topology.storage_sets), topology.set_size)
     scanner = asyncio.get_running_loop().create_task(healer.scan_forever())

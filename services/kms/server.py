@@ -18,7 +18,7 @@ from pathlib import Path
 
 import grpc
 
-from sealstore import config, errors, rpc, tls
+from sealstore import config, errors, observability, rpc, tls
 from sealstore.v1 import kms_pb2_grpc
 from services.kms import audit as kms_audit, kes_api
 from services.kms.interceptor import AuthorizationInterceptor
@@ -119,8 +119,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-dir", type=Path, default=None,
                         help=f"cluster data folder (default ${config.ENV_DATA_DIR} or ./data)")
     parser.add_argument("--policy", type=Path, default=None, help="policy file (default <data>/kms/policy.json)")
+    parser.add_argument("--metrics-listen", default=observability.metrics_flag_default(),
+                        help=f"[host:]port to serve Prometheus /metrics on (default ${observability.ENV_METRICS_ADDR} or off; "
+                             f"a bare port is loopback)")
     parser.add_argument("--metrics-port", type=int, default=int(os.environ.get(ENV_METRICS_PORT) or 0),
-                        help=f"serve Prometheus metrics over HTTP on this port (default ${ENV_METRICS_PORT} or off)")
+                        help=f"without --metrics-listen: serve /metrics on 127.0.0.1 at this port (default "
+                             f"${ENV_METRICS_PORT} or off)")
     parser.add_argument("--audit-file", default=None,
                         help="audit log: a file (default <data>/kms/audit.log), - for stdout, off for none")
     parser.add_argument("--instance", default=None,
@@ -133,9 +137,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     rpc.configure_logging("kms")
     data_dir = (args.data_dir or config.data_dir()).resolve()
-    if args.metrics_port:
-        from prometheus_client import start_http_server
-        start_http_server(args.metrics_port, addr="127.0.0.1")
+    observability.start_metrics_server(args.metrics_listen or (f"127.0.0.1:{args.metrics_port}" if args.metrics_port
+                                                               else ""))
 
     settings = KmsSettings.from_env()
 

@@ -13,10 +13,11 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from sealstore import config, memory
+from sealstore import config, memory, observability
 from sealstore.rpc import build_server, configure_logging, run_server
 from sealstore.v1 import storage_pb2_grpc
 
+from services.storage import metrics
 from services.storage.drive import DriveIdentity
 from services.storage.node import Node
 from services.storage.servicer import StorageServicer
@@ -40,6 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--set-slots", default="",
                    help="comma-separated slot of each drive (with --deployment-id): its member index in the "
                         "erasure set, or set:member")
+    p.add_argument("--metrics-listen", default=observability.metrics_flag_default(),
+                   help=f"[host:]port to serve Prometheus /metrics on (default ${observability.ENV_METRICS_ADDR} or off; "
+                        f"a bare port is loopback)")
     p.add_argument("--set-index", type=int, default=0, help="index of the erasure set the drives belong to")
     args = p.parse_args(argv)
     if args.deployment_id and len(args.set_slots.split(",")) != len(args.drives.split(",")):
@@ -80,6 +84,8 @@ async def serve(args: argparse.Namespace) -> None:
     for d in node.all_drives:
         if d.refusal:
             log.error("drive %s is %s and will not be used: %s", d.root, d.state, d.refusal)
+    metrics.watch_drives(node)
+    observability.start_metrics_server(args.metrics_listen)
     trimming = memory.start_trimming()  # noqa: F841 (kept alive for the life of the server)
     await run_server(server)
 

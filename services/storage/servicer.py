@@ -16,6 +16,7 @@ import logging
 from sealstore import errors
 from sealstore.v1 import storage_pb2, storage_pb2_grpc, types_pb2
 
+from services.storage import metrics
 from services.storage.node import Node
 from services.storage.shardfile import ShardWriter
 
@@ -43,7 +44,8 @@ def _typed_os_errors(method):
     """Raises a drive's OSError as its typed error (an untyped one reaches callers as a 500)."""
     where = method.__name__
 
-    def typed(exc: OSError) -> errors.SealstoreError | None:
+    def typed(exc: OSError, servicer, request) -> errors.SealstoreError | None:
+        metrics.ERRORS.labels(metrics.drive_label(servicer.node, getattr(request, "drive", None)), where).inc()
         err = drive_error(exc, where)
         if err is not None:
             log.warning("%s failed: %s", where, exc)
@@ -56,7 +58,7 @@ def _typed_os_errors(method):
                 async for item in method(self, request, context):
                     yield item
             except OSError as exc:
-                err = typed(exc)
+                err = typed(exc, self, request)
                 if err is None:
                     raise
                 raise err from None
@@ -67,7 +69,7 @@ def _typed_os_errors(method):
         try:
             return await method(self, request, context)
         except OSError as exc:
-            err = typed(exc)
+            err = typed(exc, self, request)
             if err is None:
                 raise
             raise err from None
@@ -133,6 +135,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
             if writer is None:
                 raise errors.InvalidRequest("WriteShard got no header")
             blocks, nbytes = await _in_thread(writer.finish)
+            metrics.WRITTEN.labels(metrics.drive_label(self.node, h.drive)).inc(nbytes)
             return storage_pb2.WriteShardResponse(blocks=blocks, bytes=nbytes)
         except BaseException:
             # A broken stream (client gone, cancelled, bad block) must not leave a tmp shard, not
@@ -153,6 +156,8 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         await _in_thread(self.node.drive(request.drive).commit_object, request.upload_id, request.meta,
                          conditional=request.conditional, expect_data_id=request.expect_data_id,
                          inline_block=request.inline_block, part_uploads=dict(request.part_uploads))
+        if request.inline_block:  # a small object's shard travels inside its metadata
+            metrics.WRITTEN.labels(metrics.drive_label(self.node, request.drive)).inc(len(request.inline_block))
         return types_pb2.Empty()
 
     async def CompleteMultipart(self, request, context):
@@ -173,6 +178,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
                                   request.data_id)
         in_flight: asyncio.Future | None = None
         loop = asyncio.get_running_loop()
+        read = metrics.READ.labels(metrics.drive_label(self.node, request.drive))
         try:
             # block_count 0 means "to the last block".
             count = request.block_count or max(0, reader.block_count - request.first_block)
@@ -183,6 +189,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
                 if item is _DONE:
                     break
                 index, block = item
+                read.inc(len(block))
                 yield storage_pb2.ShardBlock(index=index, block=block)
         except errors.ObjectTampered as err:
             log.warning("drive %d: %s", request.drive, err.message)

@@ -32,9 +32,10 @@ def error_code(exc) -> str:
 
 def _pick_ports(storage_nodes: int) -> tuple[int, int]:
     """`sealstore run` numbers its services from one base port (kms +1, crypto +2, heal +3,
-    storage +11...); the gateway gets +99 here and its HTTPS endpoint +98. Returns (base,
-    gateway port)."""
-    base = free_port_block([1, 2, 3, *(11 + i for i in range(storage_nodes)), 98, 99])
+    storage +11...); the gateway gets +99 here and its HTTPS endpoint +98; metrics +50 (gateway)
+    and each gRPC port +50. Returns (base, gateway port)."""
+    grpc_ports = [1, 2, 3, *(11 + i for i in range(storage_nodes))]
+    base = free_port_block([*grpc_ports, 98, 99, 50, *(p + 50 for p in grpc_ports)])
     return base, base + 99
 
 
