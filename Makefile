@@ -31,8 +31,9 @@ run: install
 	$(BIN)/sealstore run
 
 # The compose test needs a Docker engine and debootstrap (images are built locally: no registry);
-# the client matrix (tests/clients) needs rclone and s3cmd. All from Debian's packages.
-SYSTEM_TOOLS := dockerd:docker.io debootstrap:debootstrap rclone:rclone s3cmd:s3cmd
+# the client matrix (tests/clients) needs rclone and s3cmd; the metrics test a real Prometheus server.
+# All from Debian's packages.
+SYSTEM_TOOLS := dockerd:docker.io debootstrap:debootstrap rclone:rclone s3cmd:s3cmd prometheus:prometheus
 system-tools:
 	@missing=""; for tool in $(SYSTEM_TOOLS); do \
 	  command -v $${tool%%:*} >/dev/null 2>&1 || missing="$$missing $${tool#*:}"; \
@@ -55,7 +56,7 @@ unit: install $(VENV)/.test-installed
 	$(BIN)/python -m pytest -q tests --unit
 
 bench: install $(VENV)/.test-installed
-	$(BIN)/python bench/bench_cluster.py
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements-bench.lock && $(BIN)/python bench/side_by_side.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) sealstore/v1/*_pb2*.py* $(GENERATED)
