@@ -17,14 +17,16 @@ import time
 from dataclasses import dataclass
 from typing import AsyncIterator
 
+import grpc
+
 from sealstore import errors, multipart
 from sealstore.v1 import storage_pb2, types_pb2
 
 log = logging.getLogger(__name__)
 
 PAGE = 1000
-DELETE_CONCURRENCY = 16
-"""Part objects removed at once by an abort (each removal fans out to every drive of the set)."""
+DELETE_CONCURRENCY = 8
+"""Part objects one drive removes at once during an abort."""
 _AFTER_ALL = "\U0010ffff"
 
 
@@ -173,35 +175,66 @@ async def summaries(store, bucket: str = "") -> list[tuple[object, UploadSummary
 
 async def remove(one, bucket: str, upload_id: str) -> int:
     """Removes the upload: its parts, then its record, then any part that landed meanwhile (a
-    part upload racing the abort). Returns the number of objects removed. A failure leaves the
-    record in place while parts remain, so the abort can be retried."""
+    part upload racing the abort). Returns the number of part objects removed. A failure leaves
+    the record in place while parts remain, so the removal can be retried."""
     removed = await _remove_parts(one, bucket, upload_id)
-    try:
-        await one.delete_object(multipart.SYSTEM_BUCKET, multipart.record_key(bucket, upload_id))
-        removed += 1
-    except (errors.NoSuchKey, errors.NoSuchBucket):
-        pass
+    # Upload ids are all 32 hex digits: the record's key is a prefix of no other key.
+    await _sweep(one, multipart.record_key(bucket, upload_id), upload_id)
     return removed + await _remove_parts(one, bucket, upload_id)
 
 
 async def _remove_parts(one, bucket: str, upload_id: str) -> int:
-    """Removes the part objects page by page (memory stays bounded whatever the part count)."""
+    return await _sweep(one, multipart.parts_prefix(bucket, upload_id), upload_id)
+
+
+async def _sweep(one, prefix: str, upload_id: str) -> int:
+    """Each member removes every `.multipart` object it holds under `prefix`, listed by itself:
+    a quorum delete would be satisfied without a slow member, which would then keep its copies.
+    SlowDown unless at least write_quorum members did."""
+    outcomes = await asyncio.gather(*(_sweep_member(one, m, prefix) for m in one.members), return_exceptions=True)
+    done = [o for o in outcomes if isinstance(o, int)]
+    for m, o in zip(one.members, outcomes):
+        if not isinstance(o, int):
+            log.warning("removing the parts of upload %s from %s drive %d failed: %r", upload_id, m.address,
+                        m.drive, o)
+    if len(done) < one.write_quorum:
+        raise errors.SlowDown(f"the parts of upload {upload_id} were removed from {len(done)} of "
+                              f"{len(one.members)} drives; retry")
+    return max(done, default=0)
+
+
+async def _sweep_member(one, member, prefix: str) -> int:
+    """Removes what one member lists under `prefix`, page by page; the member's error otherwise."""
     gate = asyncio.Semaphore(DELETE_CONCURRENCY)
 
-    async def delete(key: str) -> int:
+    async def delete(entry: storage_pb2.ObjectEntry) -> int:
         async with gate:
             try:
-                await one.delete_object(multipart.SYSTEM_BUCKET, key)
+                # Unconditional: a delete naming the data id would put back the version it replaced
+                # (the undo of a failed commit), i.e. an earlier upload of the same part.
+                await member.stub.DeleteObject(storage_pb2.ObjectRequest(
+                    bucket=multipart.SYSTEM_BUCKET, key=entry.key, drive=member.drive), timeout=one.timeout)
                 return 1
-            except (errors.NoSuchKey, errors.NoSuchBucket):
-                return 0
-    removed, batch = 0, []
-    async for entry in entries(one, multipart.parts_prefix(bucket, upload_id)):
-        batch.append(entry.key)
-        if len(batch) == PAGE:
-            removed += sum(await asyncio.gather(*(delete(k) for k in batch)))
-            batch = []
-    return removed + sum(await asyncio.gather(*(delete(k) for k in batch)))
+            except grpc.RpcError as exc:
+                err = errors.from_rpc_error(exc)
+                if isinstance(err, (errors.NoSuchKey, errors.NoSuchBucket)):
+                    return 0
+                raise err from None
+    removed, cursor = 0, ""
+    while True:
+        try:
+            page = await member.stub.ListObjects(storage_pb2.ListObjectsRequest(
+                bucket=multipart.SYSTEM_BUCKET, prefix=prefix, start_after=cursor, max_keys=PAGE,
+                drive=member.drive), timeout=one.timeout)
+        except grpc.RpcError as exc:
+            err = errors.from_rpc_error(exc)
+            if isinstance(err, errors.NoSuchBucket):
+                return removed
+            raise err from None
+        removed += sum(await asyncio.gather(*(delete(e) for e in page.entries)))
+        if not page.truncated or not page.entries:
+            return removed
+        cursor = page.entries[-1].key
 
 
 def stale(upload: UploadSummary, older_than_s: float, now_ns: int | None = None) -> bool:

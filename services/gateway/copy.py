@@ -19,7 +19,7 @@ from sealstore import errors, multipart as mp_rules, ssec
 from sealstore.conditions import Conditions
 from sealstore.v1 import crypto_pb2, types_pb2
 
-from . import multipart, s3xml, sse
+from . import bucket_config, multipart, s3xml, sse
 
 H_COPY_SOURCE = "x-amz-copy-source"
 H_COPY_RANGE = "x-amz-copy-source-range"
@@ -84,16 +84,6 @@ def check_range_fits(byte_range: tuple[int, int] | None, size: int) -> None:
         raise errors.InvalidArgument(f"Range specified is not valid for source object of size: {size}")
 
 
-def parse_tagging_header(value: str | None) -> dict[str, str]:
-    """x-amz-tagging: a URL query string of tags."""
-    if not value:
-        return {}
-    tags = dict(parse_qsl(value, keep_blank_values=True))
-    if len(tags) > 10:
-        raise errors.InvalidTag("Object tags cannot be greater than 10")
-    return tags
-
-
 def _requests_sse(headers: Mapping[str, str]) -> bool:
     return any(name.lower().startswith("x-amz-server-side-encryption") for name in headers)
 
@@ -132,7 +122,7 @@ async def copy_object(api, request: web.Request, identity, t) -> web.StreamRespo
     replace_metadata = parse_directive(headers, "x-amz-metadata-directive")
     replace_tags = parse_directive(headers, "x-amz-tagging-directive")
     requested = sse.requested_encryption(headers, secure=multipart.secure(request))
-    tags = parse_tagging_header(headers.get("x-amz-tagging")) if replace_tags else {}
+    tags = bucket_config.tags_from_headers(headers) if replace_tags else {}
     await api._small_body(request, identity, 0)  # a copy has no body
     info = await api.backend.bucket(t.bucket)
     source, src_key_bytes, conditions = await _source(api, src_bucket, src_key, request)

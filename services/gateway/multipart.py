@@ -17,8 +17,8 @@ from sealstore import errors, multipart, ssec
 from sealstore.erasure import uploads
 from sealstore.v1 import crypto_pb2, types_pb2
 
-from . import s3xml, sse
-from .body import body_from_request
+from . import bucket_config, s3xml, sse
+from .body import body_from_request, checksum_headers
 
 DEFAULT_CONTENT_TYPE = "binary/octet-stream"
 
@@ -127,11 +127,12 @@ def parse_max(q: Mapping[str, str], name: str, default: int = 1000, cap: int = 1
 async def create_upload(api, request: web.Request, identity, t) -> web.StreamResponse:
     from .s3api import grant_continue, user_metadata
     headers = request.headers
-    requested = sse.requested_encryption(headers, secure=secure(request))  # header errors first
+    tags = bucket_config.tags_from_headers(headers)  # header errors first
+    requested = sse.requested_encryption(headers, secure=secure(request))
     info = await api.backend.bucket(t.bucket)
     header = crypto_pb2.PutObjectHeader(
         bucket=t.bucket, key=t.key, content_type=headers.get("Content-Type", DEFAULT_CONTENT_TYPE),
-        user_metadata=user_metadata(request), content_length=-1)
+        user_metadata=user_metadata(request), content_length=-1, tags=tags)
     encryption = await destination_encryption(api, headers, info, requested, header)
     await grant_continue(request)
     try:
@@ -160,11 +161,14 @@ async def upload_part(api, request: web.Request, identity, t) -> web.StreamRespo
                                         part=crypto_pb2.PartTarget(upload_id=upload_id, part_number=number))
     if customer is not None:
         header.sse_customer_key = customer.key
+    header.checksums.update(body.checks.in_headers)  # as PUT: verified while streaming, stored with the part
     await grant_continue(request)
     response = await api._stream_to_worker(header, body)
     meta = response.meta
     etag = meta.parts[0].etag if meta.parts else meta.etag
     out = {"ETag": s3xml.quote_etag(etag)}
+    out.update({name: value for name, value in checksum_headers(meta.checksums).items()
+                if name != "x-amz-checksum-type"})  # a part's own checksum, not the object's type
     out.update(sse_headers(meta, customer) or sse_headers(record, customer))
     return web.Response(status=200, headers=out)
 

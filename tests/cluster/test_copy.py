@@ -163,11 +163,16 @@ def test_metadata_directive_across_buckets_and_odd_keys(s3):
     s3.create_bucket(Bucket=dst_bucket)
     key = "dir/a b+c%ü?.txt"
     s3.put_object(Bucket=src_bucket, Key=key, Body=b"hello", ContentType="text/x-src", Metadata={"who": "src"},
-                  CacheControl="max-age=5")
+                  CacheControl="max-age=5", Tagging="from=src")
     s3.copy_object(Bucket=dst_bucket, Key="kept", CopySource={"Bucket": src_bucket, "Key": key})
     kept = s3.head_object(Bucket=dst_bucket, Key="kept")
     assert kept["ContentType"] == "text/x-src" and kept["Metadata"] == {"who": "src"}
     assert kept["CacheControl"] == "max-age=5"
+    assert s3.get_object_tagging(Bucket=dst_bucket, Key="kept")["TagSet"] == [{"Key": "from", "Value": "src"}]
+    s3.copy_object(Bucket=dst_bucket, Key="retagged", CopySource={"Bucket": src_bucket, "Key": key},
+                   TaggingDirective="REPLACE", Tagging="from=copy")
+    assert s3.get_object_tagging(Bucket=dst_bucket, Key="retagged")["TagSet"] == [{"Key": "from", "Value": "copy"}]
+    assert s3.head_object(Bucket=dst_bucket, Key="retagged")["Metadata"] == {"who": "src"}
     s3.copy_object(Bucket=dst_bucket, Key="replaced", CopySource=f"{src_bucket}/{key}?versionId=null",
                    MetadataDirective="REPLACE", Metadata={"who": "dst"}, ContentType="text/x-dst")
     replaced = s3.head_object(Bucket=dst_bucket, Key="replaced")

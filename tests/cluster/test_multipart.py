@@ -131,7 +131,7 @@ def test_boto3_upload_file_and_download_file_20_mib(s3, bucket, tmp_path):
 def test_bucket_default_applies_to_a_multipart_upload(cluster, s3, kms_bucket):
     bucket, kms_key = kms_bucket
     created = s3.create_multipart_upload(Bucket=bucket, Key="mp", ContentType="text/plain",
-                                         Metadata={"color": "blue"})
+                                         Metadata={"color": "blue"}, Tagging="team=red&year=2026")
     assert created["ServerSideEncryption"] == "aws:kms" and created["SSEKMSKeyId"] == kms_key
     upload_id = created["UploadId"]
     bodies = {1: os.urandom(5 * MiB), 2: os.urandom(5 * MiB + 7), 3: b"tail"}
@@ -149,6 +149,8 @@ def test_bucket_default_applies_to_a_multipart_upload(cluster, s3, kms_bucket):
     assert head["ServerSideEncryption"] == "aws:kms" and head["SSEKMSKeyId"] == kms_key
     assert head["ContentType"] == "text/plain" and head["Metadata"] == {"color": "blue"}
     assert head["ETag"] == done["ETag"] and head["ContentLength"] == sum(map(len, bodies.values()))
+    tags = s3.get_object_tagging(Bucket=bucket, Key="mp")["TagSet"]
+    assert sorted((t["Key"], t["Value"]) for t in tags) == [("team", "red"), ("year", "2026")]
     whole = b"".join(bodies.values())
     assert s3.get_object(Bucket=bucket, Key="mp")["Body"].read() == whole
     # ?partNumber=N: that part, with the part count.
@@ -282,6 +284,25 @@ def test_unknown_upload_ids_and_bad_part_numbers(s3, bucket):
         s3.create_multipart_upload(Bucket=unique("nobucket"), Key="k")
     assert error_code(exc.value) == "NoSuchBucket"
     s3.abort_multipart_upload(Bucket=bucket, Key="k", UploadId=upload_id)
+
+
+def test_parts_are_verified_as_put_bodies_are(s3, bucket):
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key="sums")["UploadId"]
+    body = os.urandom(100_000)
+    answer = s3.upload_part(Bucket=bucket, Key="sums", UploadId=upload_id, PartNumber=1, Body=body,
+                            ChecksumAlgorithm="SHA256")
+    assert answer["ChecksumSHA256"] == base64.b64encode(hashlib.sha256(body).digest()).decode()
+    wrong_md5 = base64.b64encode(hashlib.md5(b"other").digest()).decode()
+    with pytest.raises(ClientError) as exc:
+        s3.upload_part(Bucket=bucket, Key="sums", UploadId=upload_id, PartNumber=2, Body=body, ContentMD5=wrong_md5)
+    assert error_code(exc.value) == "BadDigest"
+    with pytest.raises(ClientError) as exc:
+        s3.upload_part(Bucket=bucket, Key="sums", UploadId=upload_id, PartNumber=3, Body=body,
+                       ChecksumCRC32=base64.b64encode(b"\0\0\0\0").decode())
+    assert error_code(exc.value) == "BadDigest"
+    # The refused parts left nothing.
+    assert [p["PartNumber"] for p in s3.list_parts(Bucket=bucket, Key="sums", UploadId=upload_id)["Parts"]] == [1]
+    s3.abort_multipart_upload(Bucket=bucket, Key="sums", UploadId=upload_id)
 
 
 def test_list_multipart_uploads_with_prefix_delimiter_and_markers(s3, bucket):

@@ -284,9 +284,3 @@ def test_failed_source_conditions_are_412_never_304():
     for headers in failing:
         with pytest.raises(errors.PreconditionFailed):
             copy.check_source_conditions(copy.source_conditions(headers), source, "/b/k")
-
-
-def test_tagging_header():
-    assert copy.parse_tagging_header("a=1&b=x%20y&c=") == {"a": "1", "b": "x y", "c": ""}
-    with pytest.raises(errors.InvalidTag):
-        copy.parse_tagging_header("&".join(f"k{i}=v" for i in range(11)))
