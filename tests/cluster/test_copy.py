@@ -241,4 +241,8 @@ def test_upload_part_copy_with_ranges(s3):
     listed = s3.list_parts(Bucket=bucket, Key="dst", UploadId=upload_id)["Parts"]
     assert [(p["PartNumber"], p["Size"]) for p in listed] == [(1, 5 * MiB), (2, len(body)), (3, len(body) - 5 * MiB)]
     s3.complete_multipart_upload(Bucket=bucket, Key="dst", UploadId=upload_id, MultipartUpload={"Parts": parts})
-    assert s3.get_object(Bucket=bucket, Key="dst")["Body"].read() == body[:5 * MiB] + body + body[5 * MiB:]
+    whole = body[:5 * MiB] + body + body[5 * MiB:]
+    assert s3.get_object(Bucket=bucket, Key="dst")["Body"].read() == whole
+    # A multipart source copies like any other (decrypted part by part, re-encrypted as one).
+    s3.copy_object(Bucket=bucket, Key="dst-copy", CopySource={"Bucket": bucket, "Key": "dst"})
+    assert s3.get_object(Bucket=bucket, Key="dst-copy")["Body"].read() == whole

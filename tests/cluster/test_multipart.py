@@ -108,6 +108,14 @@ def test_aws_cli_copies_50_mb_up_and_down_with_bucket_default_sse_kms(cluster, s
     assert head["ServerSideEncryption"] == "aws:kms" and head["SSEKMSKeyId"] == kms_key
     cluster.aws("s3", "cp", f"s3://{bucket}/dir/big.bin", str(back))
     assert file_sha256(back) == digest
+    # Bucket to bucket, the CLI copies a large object with UploadPartCopy and source ranges.
+    cluster.aws("s3", "cp", f"s3://{bucket}/dir/big.bin", f"s3://{bucket}/dir/copy.bin")
+    copied = s3.head_object(Bucket=bucket, Key="dir/copy.bin")
+    assert copied["ContentLength"] == 50_000_000 and copied["ETag"].strip('"').endswith("-6")
+    assert copied["SSEKMSKeyId"] == kms_key
+    back.unlink()
+    cluster.aws("s3", "cp", f"s3://{bucket}/dir/copy.bin", str(back))
+    assert file_sha256(back) == digest
     # Every part object went into the object's folder: nothing of the upload stays in .multipart.
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
