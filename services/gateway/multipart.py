@@ -278,6 +278,8 @@ def page_of_uploads(found: list[s3xml.ListedUpload], *, prefix: str, delimiter: 
             ordered = [u for u in ordered if u.key > key_marker]
     listed: list[s3xml.ListedUpload] = []
     prefixes: list[str] = []
+    if max_uploads == 0:
+        return s3xml.UploadListing([], [], bool(ordered), "", "")
     for u in ordered:
         cp = ""
         if delimiter:

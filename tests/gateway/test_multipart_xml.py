@@ -184,6 +184,11 @@ def test_uploads_prefix_and_delimiter():
     assert [u.key for u in rest.uploads] == ["c"] and not rest.common_prefixes
 
 
+def test_max_uploads_zero_lists_nothing():
+    page = _page(max_uploads=0)
+    assert page.uploads == [] and page.common_prefixes == [] and page.is_truncated
+
+
 def test_key_marker_alone_skips_that_key():
     assert [u.key for u in _page(key_marker="a").uploads] == ["b/x", "b/y", "c"]
 
