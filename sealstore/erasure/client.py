@@ -356,8 +356,10 @@ class ErasureSetClient:
 
     async def write_shard(self, member: int, upload_id: str, bucket: str,
                           blocks: AsyncIterator[bytes] | Iterable[bytes],
-                          timeout: float | None = None) -> storage_pb2.WriteShardResponse:
-        """Streams `blocks` (one per stripe, in order) as shard `member` of an upload.
+                          timeout: float | None = None, data_id: str = "") -> storage_pb2.WriteShardResponse:
+        """Streams `blocks` (one per stripe, in order) as shard `member` of an upload, to be
+        committed as `data_id`, to which the node binds its block checksums (healing names the
+        version or part it rebuilds; empty: not bound).
 
         Raises the member's typed error; a convenience for callers that do not drive the
         WriteShard stream themselves.
@@ -368,7 +370,8 @@ class ErasureSetClient:
         async def requests():
             try:
                 yield storage_pb2.WriteShardRequest(header=storage_pb2.WriteShardHeader(
-                    upload_id=upload_id, bucket=bucket, shard_index=m.index, drive=m.drive))
+                    upload_id=upload_id, bucket=bucket, shard_index=m.index, drive=m.drive,
+                    data_id=data_id))
                 if hasattr(blocks, "__aiter__"):
                     async for block in blocks:
                         yield storage_pb2.WriteShardRequest(block=block)

@@ -350,7 +350,7 @@ async def _stream_shards(store: ErasureSetClient, coder: StripeCoder, shards: St
 
     async def write(i: int) -> None:
         try:
-            await store.write_shard(i, upload_id, shards.bucket, blocks(i))
+            await store.write_shard(i, upload_id, shards.bucket, blocks(i), data_id=shards.data_id)
         except BaseException as exc:
             failed[i] = exc
             while not queues[i].empty():  # unblock the producer

@@ -36,8 +36,9 @@ class _MemberWriter:
         self.error: errors.SealstoreError | None = None
         self.response: storage_pb2.WriteShardResponse | None = None
         self.cancelled = False
+        # A PUT's upload id is the data id it commits: the node binds the block checksums to it.
         header = storage_pb2.WriteShardRequest(header=storage_pb2.WriteShardHeader(
-            upload_id=upload_id, bucket=bucket, shard_index=member.index, drive=member.drive))
+            upload_id=upload_id, bucket=bucket, shard_index=member.index, drive=member.drive, data_id=upload_id))
         self.task = asyncio.ensure_future(self._run(header))
         self.task.add_done_callback(self._on_done)
 

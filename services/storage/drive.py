@@ -630,13 +630,17 @@ class Drive:
         validate_upload_id(upload_id)
         return self.tmp / f"{upload_id}.shard"
 
-    def open_upload(self, upload_id: str, bucket: str) -> ShardWriter:
-        """A writer for the temporary shard of `upload_id`; the bucket must exist."""
+    def open_upload(self, upload_id: str, bucket: str, data_id: str = "") -> ShardWriter:
+        """A writer for the temporary shard of `upload_id`, to be committed as `data_id`, to which
+        its block checksums are bound (none given: not bound, as shards were before); the
+        bucket must exist."""
         self._existing_bucket_dir(bucket)
         self.ensure_layout()
         path = self._tmp_shard(upload_id)
         try:
-            return ShardWriter(path)
+            if data_id:
+                validate_upload_id(data_id)
+            return ShardWriter(path, data_id)
         except FileExistsError:
             raise errors.InvalidRequest(f"upload {upload_id} already has a shard on this drive") from None
 
@@ -1022,7 +1026,7 @@ class Drive:
             if not path.exists():
                 missing.append(shard.data_id)
                 continue
-            problem = verify_shard(path, shard.stripe_count, deep)
+            problem = verify_shard(path, shard.stripe_count, deep, shard.data_id)
             if problem:
                 bad.append((shard.data_id, problem))
         composite = is_composite(meta)
@@ -1044,7 +1048,8 @@ class Drive:
         obj_dir = self._object_dir(meta.bucket, meta.key)
         found = []
         for shard in shard_files(meta):
-            problem = verify_shard(obj_dir / f"{shard.data_id}.shard", shard.stripe_count, deep=True)
+            problem = verify_shard(obj_dir / f"{shard.data_id}.shard", shard.stripe_count, deep=True,
+                                   data_id=shard.data_id)
             if problem:
                 found.append((shard.data_id, problem))
         return found
@@ -1085,7 +1090,7 @@ class Drive:
                                              f"id of one of its parts")
             raise errors.NoSuchKey(f"version {data_id} of {key!r} is no longer stored here", resource=key)
         try:
-            reader = ShardReader(obj_dir / f"{chosen.data_id}.shard", chosen.stripe_count)
+            reader = ShardReader(obj_dir / f"{chosen.data_id}.shard", chosen.stripe_count, chosen.data_id)
         except FileNotFoundError:
             what = f"part {chosen.data_id}" if is_composite(meta) else "the shard file"
             raise errors.ObjectTampered(f"{what} of {bucket}/{key} is missing", resource=key) from None

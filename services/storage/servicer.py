@@ -125,7 +125,8 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
                     if writer is not None:
                         raise errors.InvalidRequest("WriteShard got a second header")
                     h = request.header
-                    opening = loop.run_in_executor(None, self.node.drive(h.drive).open_upload, h.upload_id, h.bucket)
+                    opening = loop.run_in_executor(None, self.node.drive(h.drive).open_upload, h.upload_id, h.bucket,
+                                                  h.data_id)
                     writer = await asyncio.shield(opening)
                 elif kind == "block":
                     if writer is None:

@@ -6,14 +6,16 @@ import os
 from pathlib import Path
 
 from sealstore import errors
-from sealstore.erasure.framing import HEADER_SIZE, FramedBlocks, check_block_length, frame_header
+from sealstore.erasure.framing import HEADER_SIZE, FramedBlocks, binding_seed, check_block_length, frame_header
 
 
 class ShardWriter:
-    """Appends framed blocks to a new file; `finish` fsyncs it, `discard` removes it."""
+    """Appends framed blocks to a new file; `finish` fsyncs it, `discard` removes it. The block
+    checksums are bound to `data_id`, the data id the shard will be committed as."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, data_id: str = ""):
         self.path = path
+        self._seed = binding_seed(data_id) if data_id else 0
         # O_EXCL: an upload id names exactly one temporary file; a second writer is a bug or a replay.
         self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         self.blocks = 0
@@ -29,7 +31,7 @@ class ShardWriter:
             self._saw_short = True
         if self._first_len is None:
             self._first_len = n
-        header = frame_header(block)
+        header = frame_header(block, self._seed)
         # writev avoids concatenating header and block into a fresh copy of the block.
         written = os.writev(self._fd, [header, block])
         if written != HEADER_SIZE + n:
@@ -66,15 +68,17 @@ class ShardWriter:
 
 
 class ShardReader(FramedBlocks):
-    """Reads and verifies blocks of a shard file that holds `block_count` blocks.
+    """Reads and verifies blocks of a shard file that holds `block_count` blocks, as the shard
+    of `data_id` (its checksums bound to it; see framing.py).
 
     The file is opened by the constructor: a reader keeps reading the version it opened
     even if a concurrent overwrite unlinks the file.
     """
 
-    def __init__(self, path: Path, block_count: int):
+    def __init__(self, path: Path, block_count: int, data_id: str = ""):
         self.path = path
         self.block_count = block_count
+        self.seed = binding_seed(data_id) if data_id else 0
         self._fd: int | None = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         self._frame_size = None
 
@@ -102,14 +106,14 @@ class ShardReader(FramedBlocks):
         return os.pread(self._fd, size, offset)
 
 
-def verify_shard(path: Path, block_count: int, deep: bool) -> str:
+def verify_shard(path: Path, block_count: int, deep: bool, data_id: str = "") -> str:
     """"" if the shard file at `path` is sound, else what is wrong with it.
 
     Quick: the file size fits `block_count` frames (first and last headers read). Deep: every
     block is read and checked against its checksum as well.
     """
     try:
-        with ShardReader(path, block_count) as reader:
+        with ShardReader(path, block_count, data_id) as reader:
             if block_count == 0:
                 return "" if os.path.getsize(path) == 0 else "data in a shard of no blocks"
             if deep:

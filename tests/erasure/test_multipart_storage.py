@@ -288,3 +288,36 @@ def test_completing_an_aborted_upload_is_no_such_upload_and_makes_no_object(tmp_
         for member in range(4):  # nothing moved: parts 1 and 3 are where they were
             assert system_keys(storage, member) == [multipart.part_key(BUCKET, upload_id, n) for n in (1, 3)]
     run(storage, test)
+
+
+def test_equal_size_part_shards_swapped_or_another_objects_shard_renamed_fail_their_checksums(tmp_path):
+    storage = RealStorage(tmp_path)
+    same = [data(200_000, 7), data(200_000, 8)]
+
+    async def test(store):
+        meta = await put_multipart(store, BUCKET, "k", same)
+        folder = object_dir(storage, 0, BUCKET, "k")
+        a, b = (folder / f"{p.data_id}.shard" for p in meta.parts)
+        tmp = folder / "swap"
+        a.rename(tmp)
+        b.rename(a)
+        tmp.rename(b)
+        assert (await store.check_shards(BUCKET, "k", deep=False))[0].state == State.OK  # sizes fit
+        deep = (await store.check_shards(BUCKET, "k", deep=True))[0]
+        assert deep.state == State.SHARD_CORRUPT and sorted(deep.bad_shards) == sorted(p.data_id for p in meta.parts)
+        with pytest.raises(errors.ObjectTampered):
+            [x async for x in store.read_shard(0, StoredVersion.of_part(BUCKET, "k", meta.parts[0]), 0, 0)]
+        assert await read_object(store, BUCKET, "k") == b"".join(same)
+
+        # A plain object's shard replaced by another object's shard of the same size, renamed.
+        big = [data(600_000, 9), data(600_000, 10)]  # shard files (not inline) of the same size
+        await put(store, BUCKET, "x", big[0])
+        await put(store, BUCKET, "y", big[1])
+        x, y = await store.get_object_meta(BUCKET, "x"), await store.get_object_meta(BUCKET, "y")
+        x_shard = object_dir(storage, 1, BUCKET, "x") / f"{x.data_id}.shard"
+        x_shard.unlink()
+        os.link(object_dir(storage, 1, BUCKET, "y") / f"{y.data_id}.shard", x_shard)
+        with pytest.raises(errors.ObjectTampered):
+            [b async for b in store.read_shard(1, StoredVersion(BUCKET, "x", x.data_id), 0, 0)]
+        assert await read_object(store, BUCKET, "x") == big[0]
+    run(storage, test)
