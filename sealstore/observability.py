@@ -256,6 +256,7 @@ class RpcObservability(grpc.aio.ServerInterceptor):
 
     def __init__(self) -> None:
         self.log = logging.getLogger("sealstore.rpc.access")
+        _metrics()  # registered at start: a scrape before the first call already lists them
 
     def _done(self, method: str, started: float, code: str, context) -> None:
         handled, seconds, in_flight = _metrics()

@@ -19,6 +19,7 @@ log = logging.getLogger("services.gateway.access")
 
 REQUEST_ID = web.RequestKey("sealstore_request_id", str)
 STARTED = web.RequestKey("sealstore_started", float)
+RESPONSE = web.RequestKey("sealstore_response", web.StreamResponse)
 
 REQUESTS = Counter("sealstore_s3_requests_total", "S3 requests answered, by operation and HTTP status",
                    ["operation", "status"])
@@ -115,9 +116,34 @@ def _finish(request: web.Request, status: int, sent: int, domains: tuple[str, ..
                     "request_id": fields["request_id"]})
 
 
+def response_started(request: web.Request, response: web.StreamResponse) -> None:
+    request[RESPONSE] = response
+
+
 def request_aborted(request: web.Request, domains: tuple[str, ...] = ()) -> None:
-    """The client went away (or shutdown cancelled the handler) before an answer: 499, as nginx."""
-    _finish(request, 499, 0, domains)
+    """The handler was cancelled: the client went away, or shutdown's grace ran out. Once the
+    status line went out, that is what the client saw (a GET's client often closes as soon as
+    it has its last byte, while the handler is still winding down); before, 499 as nginx."""
+    response = request.get(RESPONSE)
+    if response is not None and response.prepared:
+        _finish(request, response.status, body_bytes_sent(request, response), domains)
+    else:
+        _finish(request, 499, 0, domains)
+
+
+def body_bytes_sent(request: web.BaseRequest, response: web.StreamResponse) -> int:
+    """Body bytes of the response: aiohttp counts what went on the wire, status line and headers
+    included (written as below), so those are taken off again."""
+    if request.method == "HEAD" or response.status in (204, 304):
+        return 0
+    # body_length is set when the response ends; one cut short only has its writer's count.
+    wire = response.body_length or getattr(getattr(response, "_payload_writer", None), "output_size", 0) or 0
+    head = len(f"HTTP/1.1 {response.status} {response.reason}\r\n") + 2 + sum(
+        len(k) + len(v) + 4 for k, v in response.headers.items())
+    sent = max(0, wire - head)
+    if response.content_length is not None:
+        sent = min(sent, response.content_length)
+    return sent
 
 
 class S3AccessLogger(AbstractAccessLogger):
@@ -126,11 +152,7 @@ class S3AccessLogger(AbstractAccessLogger):
     domains: tuple[str, ...] = ()
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:  # noqa: A002
-        try:
-            sent = response.body_length
-        except Exception:
-            sent = 0
-        _finish(request, response.status, sent or 0, self.domains)  # type: ignore[arg-type]
+        _finish(request, response.status, body_bytes_sent(request, response), self.domains)  # type: ignore[arg-type]
 
     @property
     def enabled(self) -> bool:

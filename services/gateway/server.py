@@ -81,6 +81,7 @@ def _start(request: web.Request) -> str:
 async def _request_id_headers(request: web.Request, response: web.StreamResponse) -> None:
     """Every response, streamed ones included, names its request as AWS does: x-amz-request-id
     (what every log line of every service carries) and x-amz-id-2 (here a digest of it)."""
+    access.response_started(request, response)
     request_id = request.get(access.REQUEST_ID)
     if request_id and "x-amz-request-id" not in response.headers:
         response.headers["x-amz-request-id"] = request_id
