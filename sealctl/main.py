@@ -17,7 +17,7 @@ from xml.etree import ElementTree
 
 import grpc
 
-from sealctl import admin as cli_admin, keys as cli_keys, policy as cli_policy
+from sealctl import admin as cli_admin, keys as cli_keys, policy as cli_policy, probe as cli_probe
 from sealctl.errors import BadArgument, ClusterDown, CliError, MissingCredentials, NoCluster
 from sealstore import config, errors
 
@@ -193,9 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--bundles", type=Path, default=None,
                       help="also copy, for every instance whose folder BUNDLES/<instance> exists, only what it "
                            "may hold: CA certificate, its own certificate and key (the gateway: the root S3 "
-                           "credentials; the kms: identities.json)")
+                           "credentials and its HTTPS certificate; the kms: identities.json)")
+    init.add_argument("--https-san", action="append", default=[],
+                      help="extra DNS name or IP for the gateway's HTTPS certificate (issued for gateway bundles; "
+                           "localhost and 127.0.0.1 always); may repeat")
     cli_policy.register(sub)
     cli_admin.register(sub)
+    cli_probe.register(sub)
     return parser
 
 
@@ -261,6 +265,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "dare":
         from services.crypto import dare_cli
         return dare_cli.main(args.rest)
+    if args.command == "probe":
+        return cli_probe.run(args)
     if args.command == "init":
         from sealctl import launcher
         from sealstore import tls
@@ -282,6 +288,12 @@ def _dispatch(args: argparse.Namespace) -> int:
                     if instance.startswith("gateway") and (data / "credentials.json").exists():
                         config.write_file_atomic(args.bundles / instance / "credentials.json",
                                                  (data / "credentials.json").read_bytes(), mode=0o600)
+                    if instance.startswith("gateway"):
+                        # Where the gateway looks by default: <certs>/https/ (tls.https_files).
+                        for source, mode in zip(tls.ensure_gateway_https_certificate(target, tuple(args.https_san)),
+                                                (0o644, 0o600)):
+                            config.write_file_atomic(args.bundles / instance / "certs" / tls.HTTPS_DIR / source.name,
+                                                     source.read_bytes(), mode=mode)
                     print(f"bundle for {instance} in {args.bundles / instance}")
         print(f"root S3 access key: {user}" + (f" (new; secret in {data / 'credentials.json'})" if generated else ""))
         return 0

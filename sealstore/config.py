@@ -35,6 +35,10 @@ ENV_SET_DRIVE_COUNT = "SEALSTORE_SET_DRIVE_COUNT"
 """Drives per erasure set (default: the largest size in 4..16 that divides the drive count)."""
 ENV_DEPLOYMENT_ID = "SEALSTORE_DEPLOYMENT_ID"
 """The deployment id (keys the object -> set hash; the launcher records it in cluster.json)."""
+ENV_HEALTH_SOCKET = "SEALSTORE_HEALTH_SOCKET"
+"""Path of a unix socket on which a gRPC service also serves grpc.health.v1 alone, over TLS with
+its own certificate and no client certificate (`sealstore probe` in containers: kms and storage
+certificates cannot open a connection to their own service port). Unset: no socket."""
 ENV_GATEWAY_ADDR = "SEALSTORE_GATEWAY_ADDR"
 """host:port the gateway's S3 endpoint listens on (default 127.0.0.1:9000)."""
 

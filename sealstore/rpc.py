@@ -157,13 +157,37 @@ def build_server(*, certs: Path, role: str, listen: str,
     reflection.enable_server_reflection(names, server)
     server.bound_port = server.add_secure_port(listen, server_credentials(certs, instance))  # type: ignore[attr-defined]
     server.health_servicer = health_servicer  # type: ignore[attr-defined]
+    server.health_only = _health_socket_server(certs, instance, health_servicer)  # type: ignore[attr-defined]
     server.service_names = names  # type: ignore[attr-defined]
     return server
+
+
+def _health_socket_server(certs: Path, instance: str, servicer) -> grpc.aio.Server | None:
+    """grpc.health.v1 alone on the unix socket $SEALSTORE_HEALTH_SOCKET, sharing the main server's
+    health state and event loop, over TLS with the instance's own certificate but no client
+    certificate: a container's probe (`sealstore probe`) checks the service's own TLS identity
+    and liveness even for roles whose certificates may not dial (kms, storage). Health only, and
+    only from inside the container's filesystem, so nothing needs the role tables here."""
+    import os
+    from sealstore.config import ENV_HEALTH_SOCKET
+    path = os.environ.get(ENV_HEALTH_SOCKET, "").strip()
+    if not path:
+        return None
+    Path(path).unlink(missing_ok=True)  # left by a previous run of this container
+    ca, cert, key = tls_files(certs, instance).read()
+    side = grpc.aio.server(options=CHANNEL_OPTIONS)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, side)
+    side.add_secure_port(f"unix:{path}", grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
+                                                                      require_client_auth=False))
+    return side
 
 
 async def run_server(server: grpc.aio.Server, on_stop: Callable[[], Any] | None = None) -> None:
     """Starts `server`, marks every service SERVING, and runs until SIGTERM/SIGINT."""
     await server.start()
+    health_only = getattr(server, "health_only", None)
+    if health_only is not None:
+        await health_only.start()
     for name in ["", *server.service_names]:  # type: ignore[attr-defined]
         await server.health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)  # type: ignore[attr-defined]
     stop = asyncio.Event()
@@ -171,6 +195,8 @@ async def run_server(server: grpc.aio.Server, on_stop: Callable[[], Any] | None 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    if health_only is not None:
+        await health_only.stop(grace=None)
     await observability.drain_grpc_server(server)
     if on_stop is not None:
         result = on_stop()
