@@ -82,6 +82,8 @@ async def _request_id_headers(request: web.Request, response: web.StreamResponse
     """Every response, streamed ones included, names its request as AWS does: x-amz-request-id
     (what every log line of every service carries) and x-amz-id-2 (here a digest of it)."""
     access.response_started(request, response)
+    if request.app[DRAIN].stopping:
+        response.force_close()  # the connection closes after this answer
     request_id = request.get(access.REQUEST_ID)
     if request_id and "x-amz-request-id" not in response.headers:
         response.headers["x-amz-request-id"] = request_id
@@ -90,17 +92,62 @@ async def _request_id_headers(request: web.Request, response: web.StreamResponse
             hashlib.sha256(f"sealstore/{request_id}".encode()).digest()).decode()
 
 
+class Drain:
+    """SIGTERM's state: requests in progress, and whether the gateway is stopping.
+
+    aiohttp's own graceful shutdown stops reading from every connection at once, which stalls
+    an upload in progress until its grace runs out: the gateway drains by itself instead
+    (`drain`), and leaves aiohttp's shutdown only what is left after that."""
+
+    def __init__(self) -> None:
+        self.in_progress = 0
+        self.stopping = False
+
+
+DRAIN = web.AppKey("sealstore_drain", Drain)
+
+
 @web.middleware
 async def s3_errors(request: web.Request, handler):
     request_id = _start(request)
     bound = observability.bind_request_id(request_id)  # every gRPC call of this request carries it
+    drain = request.app[DRAIN]
+    drain.in_progress += 1
     try:
+        if drain.stopping:
+            # A request on a connection kept alive from before: the client retries it elsewhere.
+            response = error_response(request, errors.ServiceUnavailable("The gateway is shutting down."),
+                                      request_id)
+            response.force_close()
+            return response
         return await _answer(request, handler, request_id)
     except (asyncio.CancelledError, ConnectionResetError):
         access.request_aborted(request, _domains(request))
         raise
     finally:
+        drain.in_progress -= 1
         observability.unbind_request_id(bound)
+
+
+async def drain(runner: web.AppRunner, grace: float) -> None:
+    """Stops listening, closes idle connections, lets the requests in progress finish (reading
+    their bodies to the end) for up to `grace` seconds, then has aiohttp cancel what is left."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    state = runner.app[DRAIN]
+    state.stopping = True
+    for site in list(runner.sites):
+        await site.stop()
+    server = runner.server
+    for connection in (server.connections if server is not None else []):
+        if not connection._request_in_progress:
+            connection.close()  # idle keep-alive: nothing to finish
+    while state.in_progress and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    if state.in_progress:
+        log.warning("%d request(s) still in progress after %g s: cancelling them", state.in_progress, grace)
+    runner._shutdown_timeout = max(0.5, deadline - loop.time())
+    await runner.cleanup()
 
 
 def _domains(request: web.Request) -> tuple[str, ...]:
@@ -137,6 +184,7 @@ DOMAINS = web.AppKey("sealstore_domains", tuple)
 def build_app(api: S3Api) -> web.Application:
     app = web.Application(middlewares=[s3_errors], client_max_size=MAX_REQUEST_BODY)
     app[DOMAINS] = tuple(api.domains)
+    app[DRAIN] = Drain()
     app.on_response_prepare.append(_request_id_headers)
 
     async def expect_continue(request: web.Request):
@@ -235,10 +283,8 @@ class GatewayRunner(web.AppRunner):
     """The AppRunner with the front-door limits applied (used by `serve` and by the tests)."""
 
     def __init__(self, app: web.Application, limits: Limits, **kwargs):
-        # One access line per request (services/gateway/access.py); on SIGTERM, cleanup() waits
-        # up to the grace period for requests in progress before cancelling them.
+        # One access line per request (services/gateway/access.py).
         access_log_class = type("GatewayAccessLogger", (access.S3AccessLogger,), {"domains": app.get(DOMAINS, ())})
-        kwargs.setdefault("shutdown_timeout", observability.shutdown_grace())
         super().__init__(app, access_log=access.log, access_log_class=access_log_class, handler_cancellation=True,
                          logger=_QuietServerLog(server_log, {}),
                          max_line_size=limits.max_request_line, max_field_size=limits.max_header_size,
@@ -308,9 +354,11 @@ async def serve(listen: str, data_dir: Path, domains: tuple[str, ...], https_lis
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("stopping: no new connections; requests in progress get up to %g s", runner._shutdown_timeout)
-    await runner.cleanup()
-    log.info("stopped")
+    grace = observability.shutdown_grace()
+    log.info("stopping: no new connections; requests in progress get up to %g s", grace)
+    started = loop.time()
+    await drain(runner, grace)
+    log.info("stopped after %.1f s", loop.time() - started)
 
 
 def main(argv=None) -> None:
