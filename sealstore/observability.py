@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import datetime
+import faulthandler
 import json
 import logging
 import os
@@ -147,6 +148,8 @@ def configure_logging(service: str) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel((os.environ.get(ENV_LOG_LEVEL) or "INFO").strip().upper())
+    # A crash in native code (grpc, pyeclib, OpenSSL) leaves the Python stacks in the log.
+    faulthandler.enable()
 
 
 def log_event(logger: logging.Logger, message: str, level: int = logging.INFO, **fields: Any) -> None:
