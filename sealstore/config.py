@@ -39,6 +39,9 @@ ENV_HEALTH_SOCKET = "SEALSTORE_HEALTH_SOCKET"
 """Path of a unix socket on which a gRPC service also serves grpc.health.v1 alone, over TLS with
 its own certificate and no client certificate (`sealstore probe` in containers: kms and storage
 certificates cannot open a connection to their own service port). Unset: no socket."""
+ENV_GRPC_MAX_CONNECTION_AGE = "SEALSTORE_GRPC_MAX_CONNECTION_AGE"
+"""Seconds after which a gRPC service asks each client to reconnect (and so resolve its name
+again: new replicas behind a Kubernetes headless Service get calls). Unset or 0: never."""
 ENV_GATEWAY_ADDR = "SEALSTORE_GATEWAY_ADDR"
 """host:port the gateway's S3 endpoint listens on (default 127.0.0.1:9000)."""
 

@@ -35,6 +35,9 @@ CLIENT_CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 250),
     ("grpc.min_reconnect_backoff_ms", 250),
     ("grpc.max_reconnect_backoff_ms", 2000),
+    # A name that resolves to several servers (a Kubernetes headless Service over the crypto
+    # workers' pods) gets calls spread over all of them; with one address this is pick-first.
+    ("grpc.lb_policy_name", "round_robin"),
 ]
 
 
@@ -147,7 +150,7 @@ def build_server(*, certs: Path, role: str, listen: str,
         raise ValueError(f"a {role} server cannot present the certificate of {instance}")
     checks = [authz.RoleAuthorization(role)] if role in ("storage", "crypto") else []
     server = grpc.aio.server(interceptors=[ErrorInterceptor(), observability.RpcObservability(), *interceptors, *checks],
-                             options=CHANNEL_OPTIONS)
+                             options=[*CHANNEL_OPTIONS, *_connection_age_options()])
     names = [reflection.SERVICE_NAME, health.SERVICE_NAME]
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -160,6 +163,16 @@ def build_server(*, certs: Path, role: str, listen: str,
     server.health_only = _health_socket_server(certs, instance, health_servicer)  # type: ignore[attr-defined]
     server.service_names = names  # type: ignore[attr-defined]
     return server
+
+
+def _connection_age_options() -> list[tuple[str, Any]]:
+    """$SEALSTORE_GRPC_MAX_CONNECTION_AGE seconds: the server asks each client to reconnect after
+    that long (GOAWAY; calls in flight finish), so clients resolve the service name again and find
+    replicas added since (Kubernetes HorizontalPodAutoscaler). Unset or 0: connections live on."""
+    import os
+    from sealstore.config import ENV_GRPC_MAX_CONNECTION_AGE
+    seconds = float(os.environ.get(ENV_GRPC_MAX_CONNECTION_AGE) or 0)
+    return [("grpc.max_connection_age_ms", int(seconds * 1000))] if seconds > 0 else []
 
 
 def _health_socket_server(certs: Path, instance: str, servicer) -> grpc.aio.Server | None:
