@@ -261,7 +261,7 @@ class RpcObservability(grpc.aio.ServerInterceptor):
         self.log = logging.getLogger("sealstore.rpc.access")
         _metrics()  # registered at start: a scrape before the first call already lists them
 
-    def _done(self, method: str, started: float, code: str, context) -> None:
+    def _done(self, method: str, started: float, code: str, caller: str) -> None:
         handled, seconds, in_flight = _metrics()
         elapsed = time.perf_counter() - started
         in_flight.dec()
@@ -271,7 +271,7 @@ class RpcObservability(grpc.aio.ServerInterceptor):
         level = logging.DEBUG if quiet and code == "OK" else logging.INFO
         if self.log.isEnabledFor(level):
             log_event(self.log, f"rpc {method.rsplit('/', 1)[-1]} {code}", level, rpc=method, code=code,
-                      duration_ms=round(elapsed * 1000, 2), caller=_caller(context))
+                      duration_ms=round(elapsed * 1000, 2), caller=caller)
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
@@ -299,7 +299,9 @@ class RpcObservability(grpc.aio.ServerInterceptor):
         async def unary(request_or_iterator, context, behavior):
             token = bind_request_id(request_id) if request_id else None
             _metrics()[2].inc()
-            started, code = time.perf_counter(), "OK"
+            # The caller is read now: once a call has ended (a stream cancelled by its client),
+            # grpc may have freed it, and auth_context() on it crashes the process.
+            started, code, caller = time.perf_counter(), "OK", _caller(context)
             try:
                 response = await behavior(request_or_iterator, context)
                 code = context_code(context)
@@ -308,14 +310,16 @@ class RpcObservability(grpc.aio.ServerInterceptor):
                 code = code_of(exc, context)
                 raise
             finally:
-                done(method, started, code, context)
+                done(method, started, code, caller)
                 if token is not None:
                     unbind_request_id(token)
 
         async def stream(request_or_iterator, context, behavior):
             token = bind_request_id(request_id) if request_id else None
             _metrics()[2].inc()
-            started, code = time.perf_counter(), "OK"
+            # The caller is read now: once a call has ended (a stream cancelled by its client),
+            # grpc may have freed it, and auth_context() on it crashes the process.
+            started, code, caller = time.perf_counter(), "OK", _caller(context)
             try:
                 result = behavior(request_or_iterator, context)
                 if hasattr(result, "__aiter__"):
@@ -328,7 +332,7 @@ class RpcObservability(grpc.aio.ServerInterceptor):
                 code = code_of(exc, context)
                 raise
             finally:
-                done(method, started, code, context)
+                done(method, started, code, caller)
                 if token is not None:
                     unbind_request_id(token)
 
