@@ -90,7 +90,8 @@ def current_shards(cluster: RunningCluster, bucket: str, key: str) -> dict[Path,
 
 
 def shard_sound(path: Path, meta: dict) -> bool:
-    return path.exists() and verify_shard(path, int(meta["erasure"]["stripe_count"]), deep=True) == ""
+    return path.exists() and verify_shard(path, int(meta["erasure"]["stripe_count"]), deep=True,
+                                              data_id=meta["data_id"]) == ""
 
 
 def flip_byte(path: Path, offset: int) -> None:
