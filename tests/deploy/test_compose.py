@@ -107,9 +107,10 @@ def docker_engine():
 
 
 class Compose:
-    def __init__(self, env: dict, project: str):
+    def __init__(self, env: dict, project: str, profiles: tuple[str, ...] = ()):
         self.env, self.project = env, project
-        self.base = [str(COMPOSE_BIN), "-f", "deploy/compose.yaml", "-p", project]
+        self.base = [str(COMPOSE_BIN), "-f", "deploy/compose.yaml", "-p", project,
+                     *(arg for profile in profiles for arg in ("--profile", profile))]
 
     def run(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
         result = subprocess.run([*self.base, *args], cwd=REPO, env=self.env, capture_output=True, text=True,
@@ -144,17 +145,22 @@ class Compose:
 
 
 @pytest.fixture(scope="module")
-def compose(docker_engine):
-    started = time.monotonic()
+def prepared(docker_engine) -> dict:
+    """The environment compose runs in: free published ports and, without a registry, the
+    debootstrap base and the wheels on the host (deploy/docker/build.sh; none of this with one)."""
     env = {**docker_engine, "SEALSTORE_PORT": str(free_port()), "SEALSTORE_HTTPS_PORT": str(free_port()),
            "SEALSTORE_HEAL_INTERVAL": "3600"}
-    if not (env.get("SEALSTORE_BASE_IMAGE") or "").strip():
-        # No registry: the debootstrap base and the wheels on the host (none of this with a registry).
-        prepare = subprocess.run(["bash", "deploy/docker/build.sh", "--prepare-only"], cwd=REPO, env=env,
-                                 capture_output=True, text=True, timeout=1800)
-        assert prepare.returncode == 0, prepare.stdout[-3000:] + prepare.stderr[-3000:]
-        env["SEALSTORE_BASE_IMAGE"] = BASE_IMAGE
-    cluster = Compose(env, f"sealstoretest{env['SEALSTORE_PORT']}")
+    env.setdefault("SEALSTORE_BASE_IMAGE", BASE_IMAGE)
+    prepare = subprocess.run(["bash", "deploy/docker/build.sh", "--prepare-only", "--openbao"], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=1800)
+    assert prepare.returncode == 0, prepare.stdout[-3000:] + prepare.stderr[-3000:]
+    return env
+
+
+@pytest.fixture(scope="module")
+def compose(prepared):
+    started = time.monotonic()
+    cluster = Compose(prepared, f"sealstoretest{prepared['SEALSTORE_PORT']}")
     try:
         cluster.up("--build")
         print(f"\ncompose build + up: {time.monotonic() - started:.0f}s", file=sys.stderr)
@@ -251,3 +257,28 @@ def test_compose_up_heal_and_restart(compose):
     read_all(s3, objects)
     timings["down, up, read"] = time.monotonic() - began
     print(" ".join(f"{k}: {v:.0f}s;" for k, v in timings.items()), file=sys.stderr)
+
+
+def test_compose_openbao_profile_keeps_the_keys_in_openbao(prepared):
+    env = {**prepared, "SEALSTORE_KMS_KEYSTORE": "openbao-transit", "SEALSTORE_PORT": str(free_port()),
+           "SEALSTORE_HTTPS_PORT": str(free_port())}
+    cluster = Compose(env, f"sealstorebao{env['SEALSTORE_PORT']}", profiles=("openbao",))
+    try:
+        cluster.up("--build")
+        assert cluster.health()["openbao"] == "healthy"
+        cluster.exec("admin", "sealstore", "key", "create", "bao-key", wait=60)
+        s3 = s3_client(cluster)
+        s3.create_bucket(Bucket="bao")
+        body = os.urandom(300_000)
+        s3.put_object(Bucket="bao", Key="o", Body=body, ServerSideEncryption="aws:kms", SSEKMSKeyId="bao-key")
+        bao = ["sh", "-c", 'BAO_ADDR=http://127.0.0.1:8200 BAO_TOKEN=$(sed -n '
+               '"s/.*\\"root_token\\": *\\"\\([^\\"]*\\)\\".*/\\1/p" /openbao/init.json) bao list transit/keys']
+        assert "bao-key" in cluster.exec("openbao", *bao).split()  # the key lives in OpenBao's transit engine
+        assert not cluster.exec("kms", "find", "/data", "-name", "bao-key*").strip()  # and not in the kms
+        # OpenBao unseals itself after a restart; the kms's token is still good.
+        cluster.run("down", timeout=300)
+        cluster.up()
+        got = s3_client(cluster).get_object(Bucket="bao", Key="o")
+        assert got["SSEKMSKeyId"] == "bao-key" and got["Body"].read() == body
+    finally:
+        cluster.run("down", "-v", "--remove-orphans", check=False, timeout=300)
