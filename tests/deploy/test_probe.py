@@ -87,3 +87,30 @@ def test_probe_fails_once_the_service_stops(services):
     stop_process(services["storage_proc"])
     gone = probe(certs, "storage-0", "--socket", str(services["socket"]), "--timeout", "1")
     assert gone.returncode == 1 and "storage" in gone.stderr
+
+
+def test_gateway_probe_checks_s3_and_its_https_certificate(tmp_path):
+    pki = tmp_path / "pki"
+    tls.ensure_dev_pki(pki)
+    tls.ensure_gateway_https_certificate(pki)
+    certs = bundle(pki, "gateway-0", tmp_path / "bundles")
+    http_addr, https_addr = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    env = clean_env(SEALSTORE_CERTS_DIR=str(pki), SEALSTORE_INSTANCE="gateway-0", SEALSTORE_ROOT_USER="probeuser",
+                    SEALSTORE_ROOT_PASSWORD="probe-password-0123456789", SEALSTORE_STORAGE_SET=
+                    "127.0.0.1:1/0,127.0.0.1:2/0,127.0.0.1:3/0,127.0.0.1:4/0")
+    gateway = spawn(python_service("services.gateway", "--listen", http_addr, "--data-dir", str(tmp_path / "gw"),
+                                   "--https-listen", https_addr), tmp_path / "gateway.log", env)
+    try:
+        wait_listening(https_addr, gateway, tmp_path / "gateway.log")
+        ok = probe(certs, "gateway-0", "--address", http_addr, "--https", https_addr)
+        assert ok.returncode == 0 and "gateway-0: SERVING" in ok.stdout, ok.stderr
+        # A bundle from another CA does not trust the gateway's HTTPS certificate.
+        other = tmp_path / "other"
+        tls.ensure_dev_pki(other)
+        stranger = probe(bundle(other, "gateway-0", tmp_path / "other-bundles"), "gateway-0",
+                         "--address", http_addr, "--https", https_addr)
+        assert stranger.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in stranger.stderr, stranger.stderr
+    finally:
+        stop_process(gateway)
+    down = probe(certs, "gateway-0", "--address", http_addr, "--timeout", "1")
+    assert down.returncode == 1 and "gateway http://" in down.stderr
