@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from xml.etree import ElementTree
+from xml.sax.saxutils import escape as xml_escape
 
 import grpc
 
@@ -79,16 +80,24 @@ def _s3_error(body: bytes) -> str:
 
 def cmd_encrypt(args) -> int:
     if args.action == "set":
-        if args.algorithm != "sse-kms":
-            return _fail("only sse-kms is supported: sealstore encrypt set sse-kms KEY BUCKET")
+        # Like `mc encrypt set sse-kms KEY alias/bucket` and `mc encrypt set sse-s3 alias/bucket`.
+        if args.algorithm == "sse-kms" and len(args.names) == 2:
+            key, bucket = args.names
+            rule = f"<SSEAlgorithm>aws:kms</SSEAlgorithm><KMSMasterKeyID>{xml_escape(key)}</KMSMasterKeyID>"
+            described = f"sse-kms, key {key}"
+        elif args.algorithm == "sse-s3" and len(args.names) == 1:
+            bucket, = args.names
+            rule, described = "<SSEAlgorithm>AES256</SSEAlgorithm>", "sse-s3"
+        else:
+            print("sealstore: usage: sealstore encrypt set sse-kms KEY BUCKET | sealstore encrypt set sse-s3 BUCKET", file=sys.stderr)
+            return 2
         xml = ("<ServerSideEncryptionConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Rule>"
-               "<ApplyServerSideEncryptionByDefault><SSEAlgorithm>aws:kms</SSEAlgorithm>"
-               f"<KMSMasterKeyID>{args.key}</KMSMasterKeyID></ApplyServerSideEncryptionByDefault>"
+               f"<ApplyServerSideEncryptionByDefault>{rule}</ApplyServerSideEncryptionByDefault>"
                "</Rule></ServerSideEncryptionConfiguration>").encode()
-        status, body = _s3_request("PUT", args.bucket, "encryption=", xml)
+        status, body = _s3_request("PUT", bucket, "encryption=", xml)
         if status != 200:
             return _fail(_s3_error(body))
-        print(f"Auto encryption configuration has been set successfully for {args.bucket} (sse-kms, key {args.key})")
+        print(f"Auto encryption configuration has been set successfully for {bucket} ({described})")
     elif args.action == "info":
         status, body = _s3_request("GET", args.bucket, "encryption=")
         if status == 404 and b"ServerSideEncryptionConfigurationNotFoundError" in body:
@@ -172,9 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     enc = sub.add_parser("encrypt", help="bucket default encryption, like `mc encrypt`")
     enc_sub = enc.add_subparsers(dest="action", required=True)
     enc_set = enc_sub.add_parser("set")
-    enc_set.add_argument("algorithm", choices=["sse-kms"])
-    enc_set.add_argument("key")
-    enc_set.add_argument("bucket")
+    enc_set.add_argument("algorithm", choices=["sse-kms", "sse-s3"])
+    enc_set.add_argument("names", nargs="+", metavar="[KEY] BUCKET", help="sse-kms KEY BUCKET, or sse-s3 BUCKET")
     enc_sub.add_parser("info").add_argument("bucket")
     enc_sub.add_parser("clear").add_argument("bucket")
 

@@ -19,6 +19,17 @@ def test_encrypt_info_without_configuration(cluster, s3):
     assert missing.returncode == 1 and b"NoSuchBucket" in missing.stderr
 
 
+def test_encrypt_set_sse_s3_like_mc(cluster, s3):
+    s3.create_bucket(Bucket="cli-sse-s3-bucket")
+    out = cluster.cli("encrypt", "set", "sse-s3", "cli-sse-s3-bucket").stdout.decode()
+    assert "sse-s3" in out
+    assert "'AES256' is enabled" in cluster.cli("encrypt", "info", "cli-sse-s3-bucket").stdout.decode()
+    head = s3.put_object(Bucket="cli-sse-s3-bucket", Key="k", Body=b"x")
+    assert head["ServerSideEncryption"] == "AES256"
+    wrong = cluster.cli("encrypt", "set", "sse-s3", "key", "cli-sse-s3-bucket", check=False)
+    assert wrong.returncode == 2 and b"usage" in wrong.stderr
+
+
 # ---------------------------------------------------------------- user errors: one line, no traceback
 # Issue 8: `sealstore encrypt set` ended in a FileNotFoundError traceback for credentials.json when
 # the cluster had its root credentials from the environment and the shell did not.
