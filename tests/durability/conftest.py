@@ -103,15 +103,23 @@ def flip_byte(path: Path, offset: int) -> None:
 
 
 def leftovers(cluster: RunningCluster, bucket: str) -> list[Path]:
-    """tmp files and shard files that no meta.json names, on every drive."""
+    """tmp files and shard files that no meta.json names, on every drive. A replaced version kept
+    for the undo (prev.json, services/storage/drive.py RETAIN_PREVIOUS_SECONDS) counts as named
+    while it is that young; an older prev.json and its shards are leftovers."""
+    from services.storage.drive import PREVIOUS_VERSION_FILE, RETAIN_PREVIOUS_SECONDS
     found = [p for d in drives(cluster) for p in (d / "tmp").glob("*") if (d / "tmp").exists()]
     for d in drives(cluster):
         for o in object_dirs(d, bucket):
             named = set()
-            if (o / "meta.json").exists():
-                meta = json.loads((o / "meta.json").read_text())
-                named.add(meta["data_id"] + ".shard")
-                named.update(p["data_id"] + ".shard" for p in meta.get("parts", []))  # a multipart object
+            versions = [o / "meta.json"]
+            kept = o / PREVIOUS_VERSION_FILE
+            if kept.exists() and time.time() - kept.stat().st_mtime < RETAIN_PREVIOUS_SECONDS + 5:
+                versions.append(kept)
+            for version in versions:
+                if version.exists():
+                    meta = json.loads(version.read_text())
+                    named.add(meta["data_id"] + ".shard")
+                    named.update(p["data_id"] + ".shard" for p in meta.get("parts", []))  # a multipart object
             found += [p for p in o.glob("*.shard") if p.name not in named]
     return found
 
