@@ -75,6 +75,28 @@ def test_storage_probes_its_health_socket_with_its_own_certificate(services):
     assert as_kms.returncode == 1 and "kms" in as_kms.stderr
 
 
+def test_the_health_socket_serves_health_and_nothing_else(services):
+    """The socket takes callers without a client certificate: any storage method there must be
+    UNIMPLEMENTED (not served), while health answers."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from sealstore.v1 import storage_pb2, storage_pb2_grpc, types_pb2
+    certs = services["root"] / "bundles" / "storage-0" / "certs"
+    credentials = grpc.ssl_channel_credentials(root_certificates=(certs / "ca.pem").read_bytes())
+    with grpc.secure_channel(f"unix:{services['socket']}", credentials,
+                             options=[("grpc.ssl_target_name_override", "storage")]) as channel:
+        answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        stub = storage_pb2_grpc.StorageServiceStub(channel)
+        for call, request in ((stub.ListBuckets, storage_pb2.ListBucketsRequest()),
+                              (stub.NodeStatus, types_pb2.Empty()),
+                              (stub.GetObjectMeta, storage_pb2.ObjectRequest(bucket="b", key="k"))):
+            with pytest.raises(grpc.RpcError) as refused:
+                call(request, timeout=10)
+            assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
 def test_a_different_ca_is_refused(services, tmp_path):
     other = tmp_path / "other"
     tls.ensure_dev_pki(other, layout=tls.PkiLayout(crypto_workers=2))
@@ -114,3 +136,4 @@ def test_gateway_probe_checks_s3_and_its_https_certificate(tmp_path):
         stop_process(gateway)
     down = probe(certs, "gateway-0", "--address", http_addr, "--timeout", "1")
     assert down.returncode == 1 and "gateway http://" in down.stderr
+
