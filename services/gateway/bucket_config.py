@@ -12,7 +12,7 @@ from aiohttp import web
 
 from sealstore import errors
 
-from . import config_xml, policy
+from . import config_xml, policy, s3xml
 
 POLICY_BODY_LIMIT = policy.MAX_POLICY_BYTES + 1
 """Read one byte more than a policy may have, so an oversized one is refused as AWS does."""
@@ -260,13 +260,7 @@ async def bucket_versioning(api, request: web.Request, identity, t) -> web.Strea
 
 async def list_object_versions(api, request: web.Request, identity, t) -> web.StreamResponse:
     q = t.query
-    try:
-        max_keys = int(q.get("max-keys", "1000"))
-    except ValueError:
-        raise errors.InvalidArgument("max-keys must be an integer") from None
-    if max_keys < 0:
-        raise errors.InvalidArgument("max-keys must not be negative")
-    max_keys = min(max_keys, 1000)
+    max_keys = s3xml.parse_max(q, "max-keys")
     encoding = q.get("encoding-type")
     if encoding not in (None, "url"):
         raise errors.InvalidArgument("Invalid Encoding Method specified in Request")

@@ -110,16 +110,6 @@ def completed_meta(record: types_pb2.ObjectMeta, bucket: str, key: str, upload_i
     return meta
 
 
-def parse_max(q: Mapping[str, str], name: str, default: int = 1000, cap: int = 1000) -> int:
-    raw = q.get(name)
-    if raw is None:
-        return default
-    raw = raw.strip()
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 10:
-        raise errors.InvalidArgument(f"Provided {name} not an integer or within integer range")
-    return min(int(raw), cap)
-
-
 # ---------------------------------------------------------------------------------------------
 # Operations
 
@@ -233,7 +223,7 @@ async def abort_upload(api, request: web.Request, identity, t) -> web.StreamResp
 async def list_parts(api, request: web.Request, identity, t) -> web.StreamResponse:
     q = t.query
     upload_id = _upload_id(t)
-    max_parts = parse_max(q, "max-parts")
+    max_parts = s3xml.parse_max(q, "max-parts")
     raw_marker = (q.get("part-number-marker") or "0").strip()
     if not raw_marker.isascii() or not raw_marker.isdigit() or len(raw_marker) > 10:
         raise errors.InvalidArgument("Provided part-number-marker not an integer or within integer range")
@@ -302,7 +292,7 @@ def page_of_uploads(found: list[s3xml.ListedUpload], *, prefix: str, delimiter: 
 async def list_uploads(api, request: web.Request, identity, t) -> web.StreamResponse:
     from .s3api import _url_encode
     q = t.query
-    max_uploads = parse_max(q, "max-uploads")
+    max_uploads = s3xml.parse_max(q, "max-uploads")
     encoding = q.get("encoding-type")
     if encoding not in (None, "url"):
         raise errors.InvalidArgument("Invalid Encoding Method specified in Request")

@@ -395,13 +395,7 @@ class S3Api:
     async def list_objects(self, t: Target) -> web.Response:
         q = t.query
         v2 = q.get("list-type") == "2"
-        try:
-            max_keys = int(q.get("max-keys", "1000"))
-        except ValueError:
-            raise errors.InvalidArgument("max-keys must be an integer") from None
-        if max_keys < 0:
-            raise errors.InvalidArgument("max-keys must not be negative")
-        max_keys = min(max_keys, 1000)
+        max_keys = s3xml.parse_max(q, "max-keys")
         encoding = q.get("encoding-type")
         if encoding not in (None, "url"):
             raise errors.InvalidArgument("encoding-type must be url")

@@ -9,7 +9,7 @@ import datetime
 import xml.etree.ElementTree as ET
 from xml.parsers import expat
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from sealstore import errors
 
@@ -419,3 +419,14 @@ def copy_object_result(etag: str, mtime_ns: int, *, part: bool = False) -> bytes
     _sub(root, "LastModified", iso8601(mtime_ns))
     _sub(root, "ETag", quote_etag(etag))
     return _render(root)
+
+
+def parse_max(q: Mapping[str, str], name: str, default: int = 1000, cap: int = 1000) -> int:
+    """A page size from the query (max-keys, max-parts, max-uploads): a decimal integer, capped as AWS."""
+    raw = q.get(name)
+    if raw is None:
+        return default
+    raw = raw.strip()
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 10:
+        raise errors.InvalidArgument(f"Provided {name} not an integer or within integer range")
+    return min(int(raw), cap)

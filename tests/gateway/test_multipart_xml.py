@@ -196,12 +196,12 @@ def test_key_marker_alone_skips_that_key():
 @pytest.mark.parametrize("raw", ["-1", "x", "1.5", "99999999999"])
 def test_max_uploads_and_parts_must_be_integers(raw):
     with pytest.raises(errors.InvalidArgument):
-        multipart.parse_max({"max-uploads": raw}, "max-uploads")
+        s3xml.parse_max({"max-uploads": raw}, "max-uploads")
 
 
 def test_max_is_capped_at_1000():
-    assert multipart.parse_max({"max-parts": "5000"}, "max-parts") == 1000
-    assert multipart.parse_max({}, "max-parts") == 1000
+    assert s3xml.parse_max({"max-parts": "5000"}, "max-parts") == 1000
+    assert s3xml.parse_max({}, "max-parts") == 1000
 
 
 # -- GET/HEAD ?partNumber ----------------------------------------------------------------------
