@@ -73,9 +73,6 @@ class ListingIndex:
         try:
             db.execute("PRAGMA journal_mode=DELETE")
             db.execute("PRAGMA synchronous=OFF")
-            # A removed row's bytes are overwritten, not left in a free page: a deleted object or an
-            # aborted upload leaves no trace of its name on the drive.
-            db.execute("PRAGMA secure_delete=ON")
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, 1, SCHEMA_VERSION):
                 raise sqlite3.DatabaseError(f"listing index schema {version}, expected {SCHEMA_VERSION}")

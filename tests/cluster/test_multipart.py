@@ -40,15 +40,33 @@ def stored_metas(cluster, bucket: str, key: str) -> list[dict]:
 
 
 def files_naming(cluster, text: str) -> list[Path]:
-    """Every file or folder on any drive whose path or content names `text` (an upload id)."""
+    """Every file or folder on any drive whose path or content names `text` (an upload id).
+
+    The listing index is asked for its rows instead of grepped: SQLite keeps copies of keys as
+    separators in interior b-tree pages after their rows are deleted, which are not objects."""
     hits = []
     for drive in drives(cluster):
         for path in drive.rglob("*"):
             if text in str(path):
                 hits.append(path)
+            elif path.name.startswith("listing.sqlite3"):
+                if path.name == "listing.sqlite3" and _index_names(path, text):
+                    hits.append(path)
             elif path.is_file() and path.stat().st_size < 4 * MiB and text.encode() in path.read_bytes():
                 hits.append(path)
     return hits
+
+
+def _index_names(path: Path, text: str) -> bool:
+    """Whether a row of the drive's listing index names `text` in its key, data id or extra."""
+    import sqlite3
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT key, data_id, extra FROM objects").fetchall()
+    finally:
+        db.close()
+    needle = text.encode()
+    return any(needle in bytes(key) or text in data_id or needle in bytes(extra) for key, data_id, extra in rows)
 
 
 def write_random_file(path: Path, size: int) -> str:
