@@ -92,7 +92,7 @@ async def _source(api, bucket: str, key: str, request: web.Request) -> tuple[typ
     from .s3api import validate_key
     headers, resource = request.headers, request.path
     validate_key(key)
-    customer = sse.copy_source_customer_key(headers, secure=multipart.secure(request))
+    customer = sse.copy_source_customer_key(headers, secure=sse.is_tls(request))
     key_bytes = customer.key if customer is not None else None
     conditions = source_conditions(headers)
     await api.backend.bucket(bucket)
@@ -121,7 +121,7 @@ async def copy_object(api, request: web.Request, identity, t) -> web.StreamRespo
     src_bucket, src_key = parse_copy_source(headers[H_COPY_SOURCE])
     replace_metadata = parse_directive(headers, "x-amz-metadata-directive")
     replace_tags = parse_directive(headers, "x-amz-tagging-directive")
-    requested = sse.requested_encryption(headers, secure=multipart.secure(request))
+    requested = sse.requested_encryption(headers, secure=sse.is_tls(request))
     tags = bucket_config.tags_from_headers(headers) if replace_tags else {}
     await api._small_body(request, identity, 0)  # a copy has no body
     info = await api.backend.bucket(t.bucket)
@@ -133,7 +133,7 @@ async def copy_object(api, request: web.Request, identity, t) -> web.StreamRespo
         destination.content_type = headers.get("Content-Type", multipart.DEFAULT_CONTENT_TYPE)
         destination.user_metadata.update(user_metadata(request))
     destination.tags.update(tags)
-    encryption = await multipart.destination_encryption(api, headers, info, requested, destination)
+    encryption = await api.write_encryption(headers, info, requested, destination)
     copy = crypto_pb2.CopyObjectRequest(source_bucket=src_bucket, source_key=src_key, destination=destination,
                                         replace_metadata=replace_metadata, replace_tags=replace_tags)
     if src_key_bytes is not None:
@@ -152,7 +152,7 @@ async def upload_part_copy(api, request: web.Request, identity, t) -> web.Stream
     number = mp_rules.parse_part_number(t.query.get("partNumber"))
     src_bucket, src_key = parse_copy_source(headers[H_COPY_SOURCE])
     byte_range = parse_copy_range(headers.get(H_COPY_RANGE))
-    customer = sse.customer_key(headers, secure=multipart.secure(request))
+    customer = sse.customer_key(headers, secure=sse.is_tls(request))
     await api._small_body(request, identity, 0)
     await api.backend.bucket(t.bucket)
     record = await multipart.upload_record(api, t, upload_id)

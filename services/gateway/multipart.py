@@ -35,25 +35,6 @@ def sse_headers(meta: types_pb2.ObjectMeta, customer: sse.CustomerKey | None = N
     return sse.response_headers(meta.encryption if meta.HasField("encryption") else None, customer)
 
 
-def secure(request: web.Request) -> bool:
-    from .s3api import is_tls
-    return is_tls(request)
-
-
-async def destination_encryption(api, headers: Mapping[str, str], info: types_pb2.BucketInfo,
-                                 requested: sse.WriteEncryption | None,
-                                 header: crypto_pb2.PutObjectHeader) -> sse.WriteEncryption:
-    """The SSE a new object gets, as PUT decides it (the request's own SSE headers win entirely,
-    else the bucket's default, else the deployment's), set on `header`. A kms key must be usable
-    before anything is written."""
-    encryption = sse.resolve_write_encryption(
-        headers, info.encryption if info.HasField("encryption") else None, requested=requested)
-    encryption.apply_to(header)
-    if encryption.kms_key_to_check:
-        await api.backend.check_key_usable(encryption.kms_key_to_check)
-    return encryption
-
-
 def _upload_id(t) -> str:
     upload_id = t.query.get("uploadId", "")
     multipart.validate_upload_id(upload_id)
@@ -118,12 +99,12 @@ async def create_upload(api, request: web.Request, identity, t) -> web.StreamRes
     from .s3api import grant_continue, user_metadata
     headers = request.headers
     tags = bucket_config.tags_from_headers(headers)  # header errors first
-    requested = sse.requested_encryption(headers, secure=secure(request))
+    requested = sse.requested_encryption(headers, secure=sse.is_tls(request))
     info = await api.backend.bucket(t.bucket)
     header = crypto_pb2.PutObjectHeader(
         bucket=t.bucket, key=t.key, content_type=headers.get("Content-Type", DEFAULT_CONTENT_TYPE),
         user_metadata=user_metadata(request), content_length=-1, tags=tags)
-    encryption = await destination_encryption(api, headers, info, requested, header)
+    encryption = await api.write_encryption(headers, info, requested, header)
     await grant_continue(request)
     try:
         answer = await api.backend.crypto().CreateMultipartUpload(
@@ -141,7 +122,7 @@ async def upload_part(api, request: web.Request, identity, t) -> web.StreamRespo
     headers = request.headers
     upload_id = _upload_id(t)
     number = multipart.parse_part_number(t.query.get("partNumber"))
-    customer = sse.customer_key(headers, secure=secure(request))
+    customer = sse.customer_key(headers, secure=sse.is_tls(request))
     body = body_from_request(request.content, headers, identity.payload_hash, identity.chain,
                              max_size=multipart.MAX_PART_SIZE, read_timeout=api.limits.body_timeout)
     await api.backend.bucket(t.bucket)
@@ -165,7 +146,7 @@ async def upload_part(api, request: web.Request, identity, t) -> web.StreamRespo
 
 async def complete_upload(api, request: web.Request, identity, t) -> web.StreamResponse:
     upload_id = _upload_id(t)
-    customer = sse.customer_key(request.headers, secure=secure(request))  # only echoed (AWS needs none)
+    customer = sse.customer_key(request.headers, secure=sse.is_tls(request))  # only echoed (AWS needs none)
     requested = s3xml.parse_complete_multipart(await api._small_body(request, identity, s3xml.MAX_COMPLETE_XML))
     check_part_order(requested)
     await api.backend.bucket(t.bucket)

@@ -337,24 +337,20 @@ async def post_object(api, request: web.Request, t) -> web.StreamResponse:
         if name in fields:
             hdrs[name] = fields[name]
     config_xml.check_acl_headers(hdrs)
-    secure = bucket_config.is_tls(request)
+    secure = sse.is_tls(request)
     requested = sse.requested_encryption(hdrs, secure=secure)
     tags = config_xml.parse_tagging(fields["tagging"].encode("utf-8")) if fields.get("tagging") else {}
     info = await api.backend.bucket(t.bucket)
     context = policy.request_context(hdrs, secure=secure, source_ip=request.remote or "")
     await bucket_config.check_policy(api, request, _FormIdentity(access_key), t.bucket, key, "s3:PutObject",
                                      context)
-    encryption = sse.resolve_write_encryption(hdrs, info.encryption if info.HasField("encryption") else None,
-                                              requested=requested)
     metadata = {name[len("x-amz-meta-"):]: value for name, value in fields.items() if name.startswith("x-amz-meta-")}
     metadata.update({name: fields[name] for name in PASSTHROUGH if name in fields})
     header = crypto_pb2.PutObjectHeader(bucket=t.bucket, key=key, user_metadata=metadata, content_length=-1,
                                         content_type=fields.get("content-type") or DEFAULT_CONTENT_TYPE)
     header.tags.update(tags)
-    encryption.apply_to(header)
+    encryption = await api.write_encryption(hdrs, info, requested, header)
     checked_key = encryption.kms_key_to_check
-    if checked_key:
-        await api.backend.check_key_usable(checked_key)
     low, high = post_policy.length_range or (0, MAX_OBJECT_SIZE)
     body = FormFile(form.file_part, min_size=low, max_size=min(high, MAX_OBJECT_SIZE),
                     read_timeout=api.limits.body_timeout)

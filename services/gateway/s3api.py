@@ -13,6 +13,7 @@ import email.utils
 import logging
 import re
 from dataclasses import dataclass
+from typing import Mapping
 from urllib.parse import quote, unquote
 
 import grpc
@@ -135,13 +136,6 @@ def object_headers(meta: types_pb2.ObjectMeta, customer: sse.CustomerKey | None 
     headers.update(bucket_config.tag_count_headers(meta))
     headers.update(sse.response_headers(meta.encryption if meta.HasField("encryption") else None, customer))
     return headers
-
-
-def is_tls(request: web.Request) -> bool:
-    """Whether this connection is TLS, from the transport itself (never X-Forwarded-Proto, which a
-    client can send): SSE-C keys may only travel over TLS."""
-    transport = request.transport
-    return transport is not None and transport.get_extra_info("ssl_object") is not None
 
 
 def user_metadata(request: web.Request) -> dict[str, str]:
@@ -476,22 +470,17 @@ class S3Api:
         headers = request.headers
         tags = bucket_config.tags_from_headers(headers)
         # Header errors (contradictory SSE, SSE-C over plain HTTP) before any backend call.
-        requested = sse.requested_encryption(headers, secure=is_tls(request))
+        requested = sse.requested_encryption(headers, secure=sse.is_tls(request))
         body = body_from_request(request.content, headers, identity.payload_hash, identity.chain,
                                  read_timeout=self.limits.body_timeout)
         info = await self.backend.bucket(t.bucket)
-        encryption = sse.resolve_write_encryption(
-            headers, info.encryption if info.HasField("encryption") else None, requested=requested)
         header = crypto_pb2.PutObjectHeader(
             bucket=t.bucket, key=t.key, content_type=headers.get("Content-Type", DEFAULT_CONTENT_TYPE),
             user_metadata=user_metadata(request), content_length=body.length)
         header.tags.update(tags)
         header.checksums.update(body.checks.in_headers)
-        encryption.apply_to(header)
+        encryption = await self.write_encryption(headers, info, requested, header)
         checked_key = encryption.kms_key_to_check
-        if checked_key:
-            # Fail fast: a missing or disabled key is refused before the body is read.
-            await self.backend.check_key_usable(checked_key)
         await grant_continue(request)
         try:
             response = await self._stream_to_worker(header, body)
@@ -505,6 +494,19 @@ class S3Api:
         out.update(sse.response_headers(meta.encryption if meta.HasField("encryption") else None,
                                         encryption.customer))
         return web.Response(status=200, headers=out)
+
+    async def write_encryption(self, headers: Mapping[str, str], info: types_pb2.BucketInfo,
+                               requested: sse.WriteEncryption | None,
+                               header: crypto_pb2.PutObjectHeader) -> sse.WriteEncryption:
+        """The SSE a new object gets (PUT, POST, CreateMultipartUpload, copy destination): the
+        request's own SSE headers win entirely, else the bucket's default, else the deployment's;
+        set on `header`. A kms key it names must be usable (fail fast, before any body byte)."""
+        encryption = sse.resolve_write_encryption(
+            headers, info.encryption if info.HasField("encryption") else None, requested=requested)
+        encryption.apply_to(header)
+        if encryption.kms_key_to_check:
+            await self.backend.check_key_usable(encryption.kms_key_to_check)
+        return encryption
 
     async def _stream_to_worker(self, header: crypto_pb2.PutObjectHeader, body) -> crypto_pb2.PutObjectResponse:
         """Streams the body to a crypto worker and returns its answer.
@@ -562,7 +564,7 @@ class S3Api:
             raise
 
     async def head_object(self, request: web.Request, t: Target) -> web.Response:
-        customer = sse.customer_key(request.headers, secure=is_tls(request))
+        customer = sse.customer_key(request.headers, secure=sse.is_tls(request))
         meta = await self.backend.erasure.get_object_meta(t.bucket, t.key)
         try:
             Conditions.from_headers(request.headers).check(meta, resource=request.path)
@@ -581,7 +583,7 @@ class S3Api:
         return web.Response(status=200, headers=headers)
 
     async def get_object(self, request: web.Request, t: Target) -> web.StreamResponse:
-        customer = sse.customer_key(request.headers, secure=is_tls(request))
+        customer = sse.customer_key(request.headers, secure=sse.is_tls(request))
         byte_range = parse_range(request.headers.get("Range"))
         part = multipart.part_number_query(t.query, request.headers)
         get = crypto_pb2.GetObjectRequest(bucket=t.bucket, key=t.key, part_number=part or 0)

@@ -94,6 +94,14 @@ class WriteEncryption:
 PLAIN = WriteEncryption()
 
 
+def is_tls(request) -> bool:
+    """Whether the request's connection is TLS, from the transport itself (never X-Forwarded-Proto,
+    which a client can send): SSE-C keys may only travel over TLS, and policies test
+    aws:SecureTransport with it."""
+    transport = request.transport
+    return transport is not None and transport.get_extra_info("ssl_object") is not None
+
+
 def normalize_key_id(raw: str) -> str:
     """`arn:aws:kms:<region>:<account>:key/<name>` or `arn:aws:kms:<name>` -> `<name>`."""
     if raw != raw.strip():
