@@ -12,16 +12,18 @@ from aiohttp import web
 
 from sealstore import errors
 
-from . import config_xml, policy, s3xml
+from . import config_xml, policy, s3xml, sse
 
 POLICY_BODY_LIMIT = policy.MAX_POLICY_BYTES + 1
 """Read one byte more than a policy may have, so an oversized one is refused as AWS does."""
 
 
-def is_tls(request: web.Request) -> bool:
-    """From the connection itself: a client cannot claim TLS with a header."""
-    transport = request.transport
-    return transport is not None and transport.get_extra_info("ssl_object") is not None
+async def _update_bucket(api, bucket: str, **fields) -> None:
+    """Stores policy or tags on every drive (NoSuchBucket before any write) and drops the
+    gateway's cached bucket info, so the next request sees them."""
+    await api.backend.erasure.get_bucket(bucket)
+    await api.backend.erasure.update_bucket(bucket, **fields)
+    api.backend.forget_bucket(bucket)
 
 
 def _xml(body: bytes, status: int = 200) -> web.Response:
@@ -51,7 +53,7 @@ async def check_policy(api, request: web.Request, identity, bucket: str, key: st
     if not info.policy_json:
         return
     if context is None:
-        context = policy.request_context(request.headers, secure=is_tls(request), source_ip=request.remote or "")
+        context = policy.request_context(request.headers, secure=sse.is_tls(request), source_ip=request.remote or "")
     policy.check(info.policy_json, bucket,
                  policy.Request(action, bucket, key, identity.access_key, context, unknown_keys))
 
@@ -79,7 +81,7 @@ async def authorize(api, request: web.Request, identity, t) -> None:
         return  # DeleteObjects: checked per key (delete_object_allowed)
     if action == "s3:CreateBucket":
         return  # a bucket being created has no policy yet (an existing one answers BucketAlreadyOwnedByYou)
-    context = policy.request_context(request.headers, secure=is_tls(request), source_ip=request.remote or "",
+    context = policy.request_context(request.headers, secure=sse.is_tls(request), source_ip=request.remote or "",
                                      query=q)
 
     async def check() -> None:
@@ -134,14 +136,10 @@ async def bucket_policy(api, request: web.Request, identity, t) -> web.StreamRes
     if method == "PUT":
         body = await api._small_body(request, identity, POLICY_BODY_LIMIT)
         policy.parse(body, t.bucket)  # MalformedPolicy before anything is stored
-        await api.backend.erasure.get_bucket(t.bucket)
-        await api.backend.erasure.update_bucket(t.bucket, policy_json=body.decode("utf-8"))
-        api.backend.forget_bucket(t.bucket)
+        await _update_bucket(api, t.bucket, policy_json=body.decode("utf-8"))
         return web.Response(status=204)
     if method == "DELETE":
-        await api.backend.erasure.get_bucket(t.bucket)
-        await api.backend.erasure.update_bucket(t.bucket, policy_json="")
-        api.backend.forget_bucket(t.bucket)
+        await _update_bucket(api, t.bucket, policy_json="")
         return web.Response(status=204)
     raise errors.MethodNotAllowed()
 
@@ -159,14 +157,10 @@ async def bucket_tagging(api, request: web.Request, identity, t) -> web.StreamRe
         return _xml(config_xml.tagging(dict(info.tags)))
     if method == "PUT":
         tags = config_xml.parse_tagging(await api._small_body(request, identity), bucket=True)
-        await api.backend.erasure.get_bucket(t.bucket)
-        await api.backend.erasure.update_bucket(t.bucket, tags=tags)
-        api.backend.forget_bucket(t.bucket)
+        await _update_bucket(api, t.bucket, tags=tags)
         return web.Response(status=204)
     if method == "DELETE":
-        await api.backend.erasure.get_bucket(t.bucket)
-        await api.backend.erasure.update_bucket(t.bucket, tags={})
-        api.backend.forget_bucket(t.bucket)
+        await _update_bucket(api, t.bucket, tags={})
         return web.Response(status=204)
     raise errors.MethodNotAllowed()
 
