@@ -208,3 +208,31 @@ class _ServerStream:
         except BaseException as exc:
             raise rpc_error(exc) from None
         return _copy(item, None, self._deserializer)
+
+
+class QuorumClientOverChannels:
+    """The real quorum client (one set) or router (several) over in-process channels: for test
+    clusters holding `topology` and `channels` (address -> channel)."""
+
+    default_timeout = 2.0
+
+    def client(self, timeout: float | None = None):
+        from pathlib import Path
+
+        from sealstore.erasure import client as erasure_client
+        timeout = self.default_timeout if timeout is None else timeout
+        unused_certs = Path("/nonexistent-certs")  # never read: every channel is given
+        cls = erasure_client.ErasureSetClient if len(self.topology.storage_sets) == 1 else erasure_client.ErasureSets
+        return cls(self.topology, unused_certs, "gateway", timeout=timeout, channels=dict(self.channels))
+
+    def run(self, fn, timeout: float | None = None):
+        """Runs `await fn(client)` on a fresh event loop with a client built inside it."""
+        import asyncio
+
+        async def go():
+            store = self.client(timeout=timeout)
+            try:
+                return await fn(store)
+            finally:
+                await store.close()
+        return asyncio.run(go())

@@ -11,7 +11,6 @@ are made on the files themselves (`drive(member).root`).
 """
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from sealstore.config import SetMember, Topology
@@ -19,10 +18,12 @@ from services.storage.drive import Drive
 from services.storage.node import Node
 from services.storage.servicer import StorageServicer
 
-from tests.fakes.grpc_inprocess import InProcessChannel
+from tests.fakes.grpc_inprocess import InProcessChannel, QuorumClientOverChannels
 
 
-class RealStorage:
+class RealStorage(QuorumClientOverChannels):
+    default_timeout = 5.0
+
     def __init__(self, root: Path, nodes: int = 4, drives: int = 1, parity: int = 2, sets: int = 1,
                  deployment_id: str = "real-inprocess"):
         self.root = Path(root)
@@ -45,22 +46,3 @@ class RealStorage:
         """The drive of member `member` of set `set_index`."""
         m = self.topology.storage_sets[set_index][member]
         return self.nodes[int(m.address.split("-")[-1].split(":")[0])].all_drives[m.drive]
-
-    def client(self, timeout: float = 5.0):
-        from sealstore.erasure import client as erasure_client
-        unused_certs = Path("/nonexistent-certs")  # never read: every channel is given
-        if len(self.topology.storage_sets) == 1:
-            return erasure_client.ErasureSetClient(self.topology, unused_certs, "gateway", timeout=timeout,
-                                                   channels=dict(self.channels))
-        return erasure_client.ErasureSets(self.topology, unused_certs, "gateway", timeout=timeout,
-                                          channels=dict(self.channels))
-
-    def run(self, fn, timeout: float = 5.0):
-        """Runs `await fn(client)` on a fresh event loop with a client built inside it."""
-        async def go():
-            store = self.client(timeout=timeout)
-            try:
-                return await fn(store)
-            finally:
-                await store.close()
-        return asyncio.run(go())

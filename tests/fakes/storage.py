@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import collections
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 from grpc.aio import AioRpcError, Metadata
@@ -35,7 +34,7 @@ from sealstore.config import SetMember, Topology
 from sealstore.v1 import storage_pb2, storage_pb2_grpc, types_pb2
 from services.storage.drive import validate_bucket_name
 
-from tests.fakes.grpc_inprocess import InProcessChannel
+from tests.fakes.grpc_inprocess import InProcessChannel, QuorumClientOverChannels
 
 State = storage_pb2.CheckShardResponse
 CORRUPT_COPY = ":corrupt"  # the storage contract's name for "an unreadable copy" (storage.proto)
@@ -360,7 +359,7 @@ class FakeStorageNode(storage_pb2_grpc.StorageServiceServicer):
         return types_pb2.Empty()
 
 
-class FakeStorage:
+class FakeStorage(QuorumClientOverChannels):
     """`nodes` fake storage nodes with `drives` drives each, grouped into `sets` erasure sets of
     equal size (drives in node-major order, as the launcher assigns them)."""
 
@@ -388,23 +387,3 @@ class FakeStorage:
 
     def node_of(self, address: str) -> FakeStorageNode:
         return self.nodes[int(address.split("-")[-1].split(":")[0])]
-
-    def client(self, timeout: float = 2.0):
-        """The real quorum client (one set) or router (several) over the fake nodes."""
-        from sealstore.erasure import client as erasure_client
-        unused_certs = Path("/nonexistent-certs")  # never read: every channel is given
-        if len(self.topology.storage_sets) == 1:
-            return erasure_client.ErasureSetClient(self.topology, unused_certs, "gateway", timeout=timeout,
-                                                   channels=dict(self.channels))
-        return erasure_client.ErasureSets(self.topology, unused_certs, "gateway", timeout=timeout,
-                                          channels=dict(self.channels))
-
-    def run(self, fn, timeout: float = 2.0):
-        """Runs `await fn(client)` on a fresh event loop with a client built inside it."""
-        async def go():
-            store = self.client(timeout=timeout)
-            try:
-                return await fn(store)
-            finally:
-                await store.close()
-        return asyncio.run(go())
