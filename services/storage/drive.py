@@ -1058,11 +1058,14 @@ class Drive:
         """Deep check of the shards of version `meta` ("" = every block passes its checksum)."""
         return "; ".join(p if len(meta.parts) <= 1 else f"part {d}: {p}" for d, p in self.corrupt_shards(meta))
 
-    def get_object_meta(self, bucket: str, key: str) -> types_pb2.ObjectMeta:
+    def get_object_meta(self, bucket: str, key: str, with_inline_shard: bool = False) -> types_pb2.ObjectMeta:
+        """The current version's metadata; a small object's framed shard stays on the drive
+        unless `with_inline_shard` (a GET about to read it)."""
         meta = self._read_meta(self._object_dir(bucket, key))
         if meta is None:
             raise errors.NoSuchKey(resource=key)
-        meta.ClearField("inline_shard")  # the drive's own shard bytes stay on the drive
+        if not with_inline_shard:
+            meta.ClearField("inline_shard")
         return meta
 
     def open_shard(self, bucket: str, key: str, data_id: str) -> ShardReader:

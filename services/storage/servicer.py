@@ -172,7 +172,8 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
     # ---- objects -------------------------------------------------------------------------
 
     async def GetObjectMeta(self, request, context):
-        return await _in_thread(self.node.drive(request.drive).get_object_meta, request.bucket, request.key)
+        return await _in_thread(self.node.drive(request.drive).get_object_meta, request.bucket, request.key,
+                                request.with_inline_shard)
 
     async def ReadShard(self, request, context):
         reader = await _in_thread(self.node.drive(request.drive).open_shard, request.bucket, request.key,
