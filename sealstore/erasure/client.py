@@ -58,6 +58,12 @@ T = TypeVar("T")
 DEFAULT_TIMEOUT = 10.0
 """Seconds allowed to one metadata call on one member."""
 
+WRITABLE_CHECK_SECONDS = 1.0
+"""How long a bucket that answered a write check with write quorum is taken as writable without
+asking again (ensure_writable). Four GetBucket calls per PUT were a third of a small PUT's CPU.
+The check only spares a doomed write its work: the drives refuse a missing bucket anyway, and a
+commit that misses its quorum is undone (commit_object)."""
+
 # gRPC's default reconnect backoff grows to 120 s: a storage node restarted after a few
 # minutes would stay "unavailable" to this client for up to two more. Members are on a LAN;
 # retrying the connection every few seconds costs nothing and brings them back at once.
@@ -149,6 +155,7 @@ class ErasureSetClient:
             if m.address not in self._stubs:
                 self._stubs[m.address] = storage_pb2_grpc.StorageServiceStub(self._channels[m.address])
         self.members = [Member(i, m.address, m.drive, self._stubs[m.address]) for i, m in enumerate(drives)]
+        self._writable: dict[str, float] = {}  # bucket -> when it last passed a write check
 
     @property
     def sets(self) -> list["ErasureSetClient"]:
@@ -172,14 +179,21 @@ class ErasureSetClient:
         try:
             return await call
         except grpc.RpcError as exc:
-            return errors.from_rpc_error(exc)
+            err = errors.from_rpc_error(exc)
         except errors.SealstoreError as exc:
-            return exc
+            err = exc
         except asyncio.TimeoutError:
-            return errors.ServiceUnavailable(f"{where} did not answer in time")
+            err = errors.ServiceUnavailable(f"{where} did not answer in time")
         except Exception as exc:  # a broken member must not break the quorum decision
             log.warning("call to %s failed: %r", where, exc)
-            return errors.ServiceUnavailable(f"{where} failed: {type(exc).__name__}")
+            err = errors.ServiceUnavailable(f"{where} failed: {type(exc).__name__}")
+        if isinstance(err, errors.ServiceUnavailable):
+            self.note_member_failure()
+        return err
+
+    def note_member_failure(self) -> None:
+        """A member did not answer: the next ensure_writable asks every member again."""
+        self._writable.clear()
 
     async def _each_member(self, fn: Callable[[Member], Awaitable[T]],
                            members: list[Member] | None = None) -> list:
@@ -222,6 +236,24 @@ class ErasureSetClient:
                 raise quorum.verdict(outcomes, self.write_quorum, f"write to bucket {bucket}")
             return quorum.majority(found)
         raise quorum.verdict(outcomes, self.read_quorum, f"get bucket {bucket}")
+
+    async def ensure_writable(self, bucket: str) -> None:
+        """get_bucket(for_write=True), answered from a check less than WRITABLE_CHECK_SECONDS old
+        when no member has failed to answer since (note_member_failure). A bucket deleted
+        meanwhile still fails the write: every drive refuses NoSuchBucket."""
+        now = time.monotonic()
+        seen = self._writable.get(bucket)
+        if seen is not None and now - seen < WRITABLE_CHECK_SECONDS:
+            return
+        self._writable.pop(bucket, None)
+        await self.get_bucket(bucket, for_write=True)
+        if len(self._writable) >= 1024:
+            self._writable.clear()
+        self._writable[bucket] = now
+
+    def forget_writable(self, bucket: str) -> None:
+        """The next ensure_writable of `bucket` asks the members again (a write to it failed)."""
+        self._writable.pop(bucket, None)
 
     async def list_buckets(self, *, include_system: bool = False) -> list[types_pb2.BucketInfo]:
         """The S3 buckets; `include_system`: the system bucket `.multipart` too (healing)."""

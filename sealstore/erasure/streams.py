@@ -30,7 +30,8 @@ _END = None
 
 
 class _MemberWriter:
-    def __init__(self, member: Member, upload_id: str, bucket: str):
+    def __init__(self, store: ErasureSetClient, member: Member, upload_id: str, bucket: str):
+        self.store = store
         self.member = member
         self.queue: asyncio.Queue = asyncio.Queue(QUEUE_DEPTH)
         self.error: errors.SealstoreError | None = None
@@ -63,6 +64,8 @@ class _MemberWriter:
             self.error = errors.ServiceUnavailable(f"{type(exc).__name__}")
 
     def _on_done(self, _task) -> None:
+        if isinstance(self.error, errors.ServiceUnavailable) and not self.cancelled:
+            self.store.note_member_failure()
         if self.error is not None and not self.cancelled:
             log.warning("shard %d on %s dropped: %s", self.member.index, self.member.address, self.error.message)
         # Unblock a producer waiting on a full queue that nobody will read any more.
@@ -78,7 +81,7 @@ class ShardFanout:
     def __init__(self, store: ErasureSetClient, upload_id: str, bucket: str):
         self.store = store
         self.upload_id = upload_id
-        self._writers = [_MemberWriter(m, upload_id, bucket) for m in store.members]
+        self._writers = [_MemberWriter(store, m, upload_id, bucket) for m in store.members]
 
     def _check_quorum(self) -> list[_MemberWriter]:
         alive = [w for w in self._writers if w.alive]

@@ -39,7 +39,7 @@ async def create_upload(store: ErasureSetClient | ErasureSets, kms: KmsClient, h
     """Seals a new object key for header.bucket/header.key (one kms GenerateKey, as a PUT) and
     commits the upload's record; returns the upload id and the record."""
     store = store.set_for_upload(header.bucket, header.key)
-    await store.get_bucket(header.bucket, for_write=True)
+    await store.ensure_writable(header.bucket)
     sealing = await seal_new_object(kms, header, cipher) if header.encrypted else None
     if sealing is not None:
         # Each part unseals the key again when it arrives; nothing keeps it in between.
@@ -117,7 +117,7 @@ async def upload_part(store: ErasureSetClient | ErasureSets, kms: KmsClient, hea
     bucket, key, target = header.bucket, header.key, header.part
     store = store.set_for_upload(bucket, key)
     if checked_record is None:
-        await store.get_bucket(bucket, for_write=True)
+        await store.ensure_writable(bucket)
     record = checked_record or await read_upload(store, bucket, key, target.upload_id)
     part_key, nonce = await part_key_for(kms, record, bucket, key, target.part_number, header.customer_key)
     system_key = naming.part_key(bucket, target.upload_id, target.part_number)

@@ -105,7 +105,7 @@ async def put_object(store: ErasureSetClient | ErasureSets, kms: KmsClient, head
     if header.part is not None:
         raise errors.InvalidRequest("a part goes through services.crypto.multipart.upload_part")
     store = store.set_for(header.bucket, header.key)
-    await store.get_bucket(header.bucket, for_write=True)
+    await store.ensure_writable(header.bucket)
     sealing = await seal_new_object(kms, header, cipher) if header.encrypted else None
     try:
         return await write_stream(
@@ -152,6 +152,7 @@ async def write_stream(store: ErasureSetClient, target: StreamTarget, body: Asyn
     except BaseException as exc:
         log.info("upload %s to %s aborted: %s", data_id, target.shard_bucket,
                  getattr(exc, "message", None) or type(exc).__name__)
+        store.forget_writable(target.shard_bucket)
         # Shielded: a cancelled PUT must still clean up after itself.
         await asyncio.shield(asyncio.ensure_future(fanout.abort()))
         raise

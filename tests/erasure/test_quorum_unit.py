@@ -235,3 +235,36 @@ def test_bucket_verdicts():
             await put(store, BUCKET, "k2", payload(SMALL))
         assert sum(n.calls["WriteShard"] + n.calls["CommitObject"] for n in fake.nodes) == writes
     with_bucket(fake, test)
+
+
+def test_write_check_is_reused_until_a_member_fails():
+    """A PUT asks every node whether the bucket takes writes; the next PUTs within
+    WRITABLE_CHECK_SECONDS reuse that answer, unless a member failed to answer meanwhile."""
+    fake = FakeStorage()
+
+    def bucket_calls() -> int:
+        return sum(n.calls["GetBucket"] for n in fake.nodes)
+
+    async def test(store):
+        await put(store, BUCKET, "k1", payload(SMALL))
+        asked = bucket_calls()
+        await put(store, BUCKET, "k2", payload(SMALL))
+        await put(store, BUCKET, "k3", payload(SMALL))
+        assert bucket_calls() == asked  # reused: no GetBucket for the next PUTs
+        fake.nodes[3].offline = True
+        with pytest.raises(errors.NoSuchKey):
+            await store.get_object_meta(BUCKET, "missing")  # node 3 does not answer
+        await put(store, BUCKET, "k4", payload(SMALL))
+        assert bucket_calls() > asked  # asked again after the failure
+        fake.nodes[3].offline = False
+        # A bucket removed behind this client's back (another gateway deleted it) still refuses
+        # the write within the reuse window: the drives say NoSuchBucket.
+        await put(store, BUCKET, "k5", payload(SMALL))
+        for n in fake.nodes:
+            for d in n.drives:
+                d.buckets.pop(BUCKET)
+        with pytest.raises(errors.NoSuchBucket):
+            await put(store, BUCKET, "k6", payload(SMALL))
+        with pytest.raises(errors.NoSuchBucket):
+            await put(store, BUCKET, "k7", payload(3 * SMALL + 5 * 1024 * 1024))
+    with_bucket(fake, test)
