@@ -312,9 +312,10 @@ class ErasureSetClient:
 
     # ---- object metadata -----------------------------------------------------------------
 
-    async def _meta_outcomes(self, bucket: str, key: str) -> list:
+    async def _meta_outcomes(self, bucket: str, key: str, with_inline_shard: bool = False) -> list:
         def call(m: Member):
-            return m.stub.GetObjectMeta(storage_pb2.ObjectRequest(bucket=bucket, key=key, drive=m.drive),
+            return m.stub.GetObjectMeta(storage_pb2.ObjectRequest(bucket=bucket, key=key, drive=m.drive,
+                                                                  with_inline_shard=with_inline_shard),
                                         timeout=self.timeout)
         outcomes = await self._each_member(call)
         metas = [o if isinstance(o, types_pb2.ObjectMeta) else None for o in outcomes]
@@ -324,10 +325,11 @@ class ErasureSetClient:
             raise missing
         return outcomes
 
-    async def meta_outcomes(self, bucket: str, key: str) -> list:
+    async def meta_outcomes(self, bucket: str, key: str, *, with_inline_shard: bool = False) -> list:
         """One entry per member: its ObjectMeta or its typed error (NoSuchKey: it answered, without
-        a copy; ServiceUnavailable: it did not answer)."""
-        return await self._meta_outcomes(bucket, key)
+        a copy; ServiceUnavailable: it did not answer). `with_inline_shard`: a small object's
+        metadata keeps the member's framed shard (`inline_shard`), for a read that needs it."""
+        return await self._meta_outcomes(bucket, key, with_inline_shard)
 
     async def get_object_metas(self, bucket: str, key: str) -> list[types_pb2.ObjectMeta | None]:
         """One entry per member: its copy of the metadata, or None (no copy, or unreachable)."""
@@ -753,8 +755,8 @@ class ErasureSets:
         """One entry per member of the object's set (indexes are that set's members)."""
         return await self.set_for(bucket, key).get_object_metas(bucket, key)
 
-    async def meta_outcomes(self, bucket: str, key: str) -> list:
-        return await self.set_for(bucket, key).meta_outcomes(bucket, key)
+    async def meta_outcomes(self, bucket: str, key: str, *, with_inline_shard: bool = False) -> list:
+        return await self.set_for(bucket, key).meta_outcomes(bucket, key, with_inline_shard=with_inline_shard)
 
     def quorum_version(self, metas: list[types_pb2.ObjectMeta | None]) -> types_pb2.ObjectMeta | None:
         # Every set has the same size and quorum: any set decides alike.

@@ -16,7 +16,7 @@ from typing import AsyncIterator
 import grpc
 
 from sealstore import errors
-from sealstore.erasure import quorum
+from sealstore.erasure import framing, quorum
 from sealstore.erasure.client import ErasureSetClient, Member, StoredVersion
 from sealstore.erasure.coder import StripeCoder
 from sealstore.v1 import storage_pb2
@@ -144,10 +144,15 @@ class InlineFragments:
 class StripeReader:
     """Stripes [first, first+count) of one stored object, decoded from k members' blocks."""
 
-    def __init__(self, store: ErasureSetClient, coder: StripeCoder, version: StoredVersion, holders: list[int]):
+    def __init__(self, store: ErasureSetClient, coder: StripeCoder, version: StoredVersion, holders: list[int],
+                 inline_shards: dict[int, bytes] | None = None):
+        """`inline_shards`: member -> its framed inline shard of a small object, already fetched
+        with the metadata (GetObjectMeta with_inline_shard); those members are read from it,
+        with the same checks a drive makes, instead of by a ReadShard call."""
         self.store = store
         self.coder = coder
         self.version = version
+        self.inline_shards = inline_shards or {}
         self.bucket, self.key = version.bucket, version.key
         # Lower indexes are data shards: decoding from them needs no arithmetic.
         self._candidates = sorted(holders)
@@ -157,6 +162,8 @@ class StripeReader:
         self.bad_members: set[int] = set()
 
     def _open(self, member: int, first: int, end: int) -> AsyncIterator[bytes]:
+        if member in self.inline_shards:
+            return _inline_blocks(self.inline_shards[member], self.version.data_id, first, end)
         return self.store.read_shard(member, self.version, first, end - first)
 
     def _give_up(self, stripe: int) -> errors.SealstoreError:
@@ -201,6 +208,17 @@ class StripeReader:
         finally:
             for it in active.values():
                 await _close(it)
+
+
+async def _inline_blocks(framed: bytes, data_id: str, first: int, end: int) -> AsyncIterator[bytes]:
+    """Blocks [first, end) of an inline shard, verified as a drive verifies them (ObjectTampered
+    otherwise). An inline object has one stripe at most: a stated count beyond is tampering."""
+    reader = framing.InlineShardReader(framed, end, f"{data_id} (inline)")
+    try:
+        for _, block in reader.read_blocks(first, end - first):
+            yield block
+    except errors.InvalidRange as err:
+        raise errors.ObjectTampered(err.message) from None
 
 
 async def _close(it) -> None:

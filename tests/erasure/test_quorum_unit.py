@@ -268,3 +268,28 @@ def test_write_check_is_reused_until_a_member_fails():
         with pytest.raises(errors.NoSuchBucket):
             await put(store, BUCKET, "k7", payload(3 * SMALL + 5 * 1024 * 1024))
     with_bucket(fake, test)
+
+
+def test_small_object_reads_its_shards_from_the_metadata_answers():
+    """A GET of an inline object takes its shards from the GetObjectMeta answers: no ReadShard
+    call; a shard that fails its checksum is read around, and its member is marked for a heal."""
+    from services.crypto.get_pipeline import open_object
+    fake = FakeStorage()
+
+    async def test(store):
+        data = payload(SMALL, 7)
+        await put(store, BUCKET, "small", data)
+        reads = sum(n.calls["ReadShard"] for n in fake.nodes)
+        assert await get(store, BUCKET, "small") == data
+        fake.member_drive(0).copy_of(BUCKET, "small").rotten.add(0)
+        reader = await open_object(store, None, BUCKET, "small", None)
+        assert reader.meta.inline and not reader.meta.inline_shard  # shard bytes go no further
+        assert b"".join([c async for c in reader.chunks()]) == data
+        assert 0 in reader.suspects
+        assert sum(n.calls["ReadShard"] for n in fake.nodes) == reads
+        # Every holder's shard rotten: an error, never garbage.
+        for member in range(4):
+            fake.member_drive(member).copy_of(BUCKET, "small").rotten.add(0)
+        with pytest.raises(errors.ObjectTampered):
+            await get(store, BUCKET, "small")
+    with_bucket(fake, test)

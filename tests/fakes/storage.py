@@ -31,6 +31,7 @@ from grpc.aio import AioRpcError, Metadata
 
 from sealstore import errors
 from sealstore.config import SetMember, Topology
+from sealstore.erasure import framing
 from sealstore.v1 import storage_pb2, storage_pb2_grpc, types_pb2
 from services.storage.drive import validate_bucket_name
 
@@ -271,7 +272,19 @@ class FakeStorageNode(storage_pb2_grpc.StorageServiceServicer):
         copy = self.drive(request.drive).readable(request.bucket, request.key)
         if copy is None:
             raise errors.NoSuchKey(resource=request.key)
-        return copy.meta
+        if not (request.with_inline_shard and copy.meta.inline):
+            return copy.meta
+        # As a drive keeps it: framed blocks; a rotten one fails its checksum.
+        answer = types_pb2.ObjectMeta()
+        answer.CopyFrom(copy.meta)
+        frames = []
+        for index, block in enumerate(copy.blocks):
+            frame = bytearray(framing.frame_blocks([block]))
+            if index in copy.rotten and block:
+                frame[-1] ^= 0xFF
+            frames.append(bytes(frame))
+        answer.inline_shard = b"".join(frames)
+        return answer
 
     async def ReadShard(self, request, context):
         copy = self.drive(request.drive).readable(request.bucket, request.key)
