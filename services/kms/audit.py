@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import functools
 import json
 import logging
 import os
@@ -43,7 +42,7 @@ from typing import IO, Iterator
 import grpc
 
 from sealstore import errors
-from sealstore.tls import identity_of
+from sealstore.rpc import peer_identity
 
 log = logging.getLogger(__name__)
 
@@ -168,18 +167,6 @@ def _version_in(message) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
-@functools.lru_cache(maxsize=256)
-def _identity_of_pem(pem: bytes) -> str:
-    return identity_of(pem)
-
-
-def grpc_caller_identity(context: grpc.aio.ServicerContext) -> str:
-    """The caller's identity (as sealstore.rpc.peer_identity), cached per certificate:
-    callers are few and call often, and parsing a certificate per call is wasted work."""
-    pems = (context.auth_context() or {}).get("x509_pem_cert") or []
-    return _identity_of_pem(bytes(pems[0])) if pems else ""
-
-
 def _key_named_in(request) -> str:
     return getattr(request, "name", "") or getattr(request, "pattern", "") or ""
 
@@ -203,7 +190,7 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):
         audit = self.audit
 
         async def audited(request, context):
-            with audit.operation("grpc", grpc_caller_identity(context), method, _key_named_in(request)) as event:
+            with audit.operation("grpc", peer_identity(context), method, _key_named_in(request)) as event:
                 event.version = _version_in(request)
                 response = await behavior(request, context)
                 event.version = _version_in(response) or event.version
