@@ -36,6 +36,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="client threads (concurrency)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "profile")
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    parser.add_argument("--native", action="store_true",
+                        help="py-spy --native (C frames too; pauses each process per sample: slower)")
+    parser.add_argument("--only", default="", help="comma-separated services to profile (default: all)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
@@ -87,11 +90,13 @@ def main() -> None:
         cpu0 = {name: sum(sbs.cpu_seconds(p) for p in sbs.process_tree(pid, sbs._children_map()))
                 for name, pid in store.pids.items()}
         done0 = sum(counts)
-        for name in services:
+        profiled = [n for n in services if not args.only or n in args.only.split(",")]
+        for name in profiled:
             raw = args.out / f"{args.op.lower()}-{args.size}-{name}.txt"
+            mode = ["--native"] if args.native else ["--nonblocking"]
             spies[name] = (raw, subprocess.Popen(
                 [spy, "record", "--pid", str(store.pids[name]), "--duration", str(args.seconds), "--rate",
-                 str(args.rate), "--nonblocking", "--format", "raw", "--output", str(raw)],
+                 str(args.rate), *mode, "--format", "raw", "--output", str(raw)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
         time.sleep(args.seconds)
         done = sum(counts) - done0
@@ -122,6 +127,10 @@ def main() -> None:
             print("  innermost Python frames:")
             for frame, pct in top["python_self"]:
                 print(f"    {pct:5.1f}%  {frame}")
+            if args.native:
+                print("  innermost native frames:")
+                for frame, pct in top["native_self"]:
+                    print(f"    {pct:5.1f}%  {frame}")
     finally:
         stop_cluster(cluster)
         shutil.rmtree(work, ignore_errors=True)
