@@ -756,11 +756,11 @@ class Drive:
         then makes `stored` the current version (the commit protocol of the module doc);
         `retain`: `previous` is kept for an undo, else its shards that `stored` does not name go."""
         if retain:
-            self._drop_retained(obj_dir, None)  # an older kept version is no longer needed
-            # Written before meta.json changes: a crash in between leaves a prev.json naming the
-            # current version, harmless (an undo never restores the version it undoes), dropped
-            # by the next overwrite or delete of the key.
-            write_file_atomic(obj_dir / PREVIOUS_VERSION_FILE, (obj_dir / "meta.json").read_bytes(), mode=0o644)
+            # An older kept version is no longer needed. Its removal is made durable by the
+            # folder fsync of meta.json's write below; a crash before it can bring back that
+            # prev.json (replaced below) or an orphan shard (heal removes those).
+            self._drop_retained(obj_dir, None, durable=False)
+            self._keep_current(obj_dir)
         for name, source in placed.items():
             if source != obj_dir / name:
                 os.replace(source, obj_dir / name)
@@ -922,9 +922,33 @@ class Drive:
             with self._locked(obj_dir):
                 self._drop_retained(obj_dir, data_id)
 
-    def _drop_retained(self, obj_dir: Path, data_id: str | None) -> None:
+    @staticmethod
+    def _keep_current(obj_dir: Path) -> None:
+        """Makes the current meta.json also prev.json, the version an undo puts back, by a hard
+        link rather than a copy: meta.json is never changed in place (always replaced by a
+        rename), so the link keeps the replaced version's bytes, written and fsynced when that
+        version was committed.
+
+        Crash safety: made before meta.json changes, so a crash in between leaves a prev.json
+        naming the current version, harmless (an undo never restores the version it undoes),
+        dropped by the next overwrite or delete of the key. The link is an entry of the object's
+        folder, made durable with the new meta.json by the folder fsync of its write: until that
+        fsync returns, the commit is not acknowledged, and a link lost with a power cut costs
+        nothing, since after a restart no undo comes (the quorum client undoes within its call
+        timeouts, and kept versions are not tracked across restarts)."""
+        current = obj_dir / "meta.json"
+        link = obj_dir / f".{PREVIOUS_VERSION_FILE}.tmp"
+        link.unlink(missing_ok=True)  # left by a crash (the caller holds the folder's lock)
+        os.link(current, link)
+        # Its mtime says since when it is kept (tests/durability reads prev.json's age); the
+        # shared inode is meta.json's, which is replaced next.
+        os.utime(link)
+        os.replace(link, obj_dir / PREVIOUS_VERSION_FILE)
+
+    def _drop_retained(self, obj_dir: Path, data_id: str | None, durable: bool = True) -> None:
         """Removes the kept previous version `data_id` (None: whichever is kept) of an object, its
-        shards only where meta.json does not name them (an undo may have made it current again)."""
+        shards only where meta.json does not name them (an undo may have made it current again).
+        `durable`: fsyncs the folder (else the caller does)."""
         prev = obj_dir / PREVIOUS_VERSION_FILE
         try:
             kept = _parse_meta(prev.read_bytes())
@@ -943,7 +967,8 @@ class Drive:
         stale = shard_names(kept) if kept is not None else {f"{data_id}.shard"} if data_id else set()
         for name in stale - shard_names(current):
             (obj_dir / name).unlink(missing_ok=True)
-        _fsync_dir(obj_dir)
+        if durable:
+            _fsync_dir(obj_dir)
 
     def _kept_version(self, obj_dir: Path) -> types_pb2.ObjectMeta | None:
         """The previous version kept for an undo (prev.json), None if none or unreadable."""

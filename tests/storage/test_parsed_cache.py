@@ -1,6 +1,7 @@
-"""Parsed metadata files are remembered by their bytes (services/storage/parsed.py): whatever
-the files on disk hold now is what reads see, at once, even when a file changes within one
-timestamp tick or in place."""
+"""Parsed metadata files are remembered by their bytes (services/storage/parsed.py), and an
+overwrite keeps the replaced version by a hard link (Drive._keep_current): whatever the files
+on disk hold now is what reads see, at once, even when a file changes within one timestamp tick
+or in place."""
 from __future__ import annotations
 
 import json
@@ -144,3 +145,47 @@ def test_the_table_is_bounded_in_entries_and_bytes():
     assert by_bytes.get(types_pb2.BucketInfo, bytes([42]) * 32) is None and len(by_bytes) == 8
     # The same digest under another message type is another entry.
     assert table.get(types_pb2.ObjectMeta, bytes([2]) * 32) is None
+
+
+def test_an_overwrite_keeps_the_replaced_file_by_a_link_and_an_undo_restores_it(drive):
+    commit_inline(drive, "bkt", "k", "v1", b"one")
+    folder = object_dir(drive, "bkt", "k")
+    first = (folder / "meta.json").read_bytes()
+    first_inode = os.stat(folder / "meta.json").st_ino
+    commit_inline(drive, "bkt", "k", "v2", b"two")
+    kept = folder / "prev.json"
+    assert kept.read_bytes() == first
+    assert os.stat(kept).st_ino == first_inode  # the very file, not a copy
+    assert os.stat(kept).st_nlink == 1 and os.stat(folder / "meta.json").st_ino != first_inode
+    assert sorted(p.name for p in folder.iterdir()) == ["meta.json", "prev.json"]  # no temporary left
+    commit_inline(drive, "bkt", "k", "v3", b"three")
+    assert _parse_meta(kept.read_bytes()).data_id == "v2"
+    drive.delete_object("bkt", "k", only_data_id="v3")  # the undo of v3
+    assert drive.get_object_meta("bkt", "k").data_id == "v2"
+    with drive.open_shard("bkt", "k", "") as reader:
+        assert [block for _, block in reader.read_blocks(0, reader.block_count)] == [b"two"]
+    assert sorted(p.name for p in folder.iterdir()) == ["meta.json"]
+
+
+def test_a_failed_overwrite_keeps_meta_json_and_drops_the_link(drive, monkeypatch):
+    commit_inline(drive, "bkt", "k", "v1", b"one")
+    folder = object_dir(drive, "bkt", "k")
+    first = (folder / "meta.json").read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(drive_module, "write_file_atomic", full)
+    with pytest.raises(OSError):
+        commit_inline(drive, "bkt", "k", "v2", b"two")
+    assert (folder / "meta.json").read_bytes() == first
+    assert sorted(p.name for p in folder.iterdir()) == ["meta.json"]
+    assert drive.get_object_meta("bkt", "k").data_id == "v1"
+
+
+def test_a_link_left_by_a_crash_does_not_block_the_next_overwrite(drive):
+    commit_inline(drive, "bkt", "k", "v1", b"one")
+    folder = object_dir(drive, "bkt", "k")
+    (folder / ".prev.json.tmp").write_bytes(b"left by a crash")
+    commit_inline(drive, "bkt", "k", "v2", b"two")
+    assert _parse_meta((folder / "prev.json").read_bytes()).data_id == "v1"
+    assert not (folder / ".prev.json.tmp").exists()
