@@ -539,6 +539,8 @@ class Drive:
             started = time.monotonic()
             parsed = 0
             try:
+                self.index.refresh()
+                self.index.lost_rows = False  # what this walk puts back
                 present = {b.name for b in self.buckets.iterdir() if (b / "bucket.json").exists()} \
                     if self.buckets.is_dir() else set()
                 for gone in self.index.buckets() - present:
@@ -1199,7 +1201,7 @@ class Drive:
             raise errors.ServiceUnavailable(f"drive refused: {self.refusal}")
         self._existing_bucket_dir(bucket)
         self._index_ready.wait()
-        if self._index_stale:
+        if self._index_stale or self.index.lost_rows or self.index.missing():
             self._reconcile_index()
         try:
             return self._list_page(bucket, prefix, start_after, max_keys)

@@ -3,7 +3,8 @@ O(page) instead of a walk of every object folder (keys are hashed on disk, see d
 
 The index is a cache of the meta.json files, never a source of truth:
 - rebuilt from them when missing or unreadable, and reconciled with them at every start (one
-  stat per object, a parse only of files that changed since the index last saw them);
+  stat per object, a parse only of files that changed since the index last saw them) and before
+  the first listing after its file was removed or replaced while the node ran;
 - each row carries the identity (inode, times, size) of the meta.json it was read from, and a
   listing stats the files of the rows it returns: a row whose file changed, vanished, rotted or
   names another object is re-read, repaired or dropped there, so a crash between a meta.json
@@ -21,7 +22,9 @@ fsynced, and an unreadable file is recreated.
 Every call opens its own short connection (one lock per drive around it) and closes it, with a
 rollback journal rather than WAL: between calls the node holds no file of the drive open for
 writing, so an operator (or a test) can remount the drive read-only, and a drive moved to another
-node carries no open state.
+node carries no open state. The journal is truncated after each write rather than deleted
+(an empty listing.sqlite3-journal stays): creating and removing a file per write was a fifth of
+an index update's CPU, and an empty journal is never rolled back.
 """
 from __future__ import annotations
 
@@ -55,6 +58,12 @@ class ListingIndex:
     def __init__(self, path: Path):
         self.path = Path(path)
         self._lock = threading.Lock()
+        self._made = False
+        """A session found (or made) the table: a later one that has to make it again works on a
+        new file."""
+        self.lost_rows = False
+        """The file was removed or replaced by an empty one while we ran: the rows of the keys
+        not written since are missing until a reconcile (the drive's next listing)."""
         with self._session() as db:  # creates or checks the file now, so a rotten one is found at start
             db.execute("SELECT count(*) FROM objects WHERE bucket = ''").fetchone()
 
@@ -67,11 +76,19 @@ class ListingIndex:
             finally:
                 db.close()
 
+    def missing(self) -> bool:
+        return not self.path.exists()
+
+    def refresh(self) -> None:
+        """Opens the file now: a new one (made here) sets lost_rows."""
+        with self._session():
+            pass
+
     def _open(self) -> sqlite3.Connection:
         # Keys are stored as UTF-8 BLOBs: byte order is S3's listing order (and code point order).
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         try:
-            db.execute("PRAGMA journal_mode=DELETE")
+            db.execute("PRAGMA journal_mode=TRUNCATE")
             db.execute("PRAGMA synchronous=OFF")
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, 1, SCHEMA_VERSION):
@@ -82,10 +99,14 @@ class ListingIndex:
                            "data_id TEXT NOT NULL, ident TEXT NOT NULL, extra BLOB NOT NULL DEFAULT x'', "
                            "PRIMARY KEY (bucket, key)) WITHOUT ROWID")
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                # Checked here rather than by the file's inode, which a new file may reuse.
+                if self._made:
+                    self.lost_rows = True
             elif version == 1:
                 # No `.multipart` rows existed then: every row's extra is empty.
                 db.execute("ALTER TABLE objects ADD COLUMN extra BLOB NOT NULL DEFAULT x''")
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._made = True
         except BaseException:
             db.close()
             raise
@@ -99,7 +120,8 @@ class ListingIndex:
             return cls(path), ""
         except sqlite3.Error as exc:
             reason = f"{type(exc).__name__}: {exc}"
-        for suffix in ("", "-wal", "-shm"):
+        # The journal too: one left by the unreadable file must not be rolled into the new one.
+        for suffix in ("", "-journal", "-wal", "-shm"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
         return cls(path), reason
 

@@ -317,3 +317,23 @@ def test_an_index_file_that_rots_while_the_node_runs_is_rebuilt_by_the_next_list
     assert "listing index unreadable" in caplog.text
     commit_inline(drive, "bkt", "d", "v-d")
     assert keys_of(drive) == ["a", "b", "c", "d"]
+
+
+@pytest.mark.parametrize("how", ["removed", "emptied"])
+def test_an_index_file_removed_while_the_node_runs_is_rebuilt_by_the_next_listing(drive, how):
+    """The node opens its index file per call: a file removed or emptied under it was made anew,
+    and every key written before vanished from listings until a restart."""
+    for key in ("a", "b", "c"):
+        commit_inline(drive, "bkt", key, "v-" + key)
+    path = drive.index.path
+    if how == "removed":
+        path.unlink()
+    else:
+        path.write_bytes(b"")  # the same inode, truncated: SQLite sees a new database
+    commit_inline(drive, "bkt", "b", "v2-b")  # written to the new file, before any listing
+    assert listed(drive)[0] == [("a", "v-a"), ("b", "v2-b"), ("c", "v-c")]
+    assert drive.count_objects() == 3
+    path.unlink()
+    assert keys_of(drive) == ["a", "b", "c"]  # removed, no write since: the listing sees it too
+    commit_inline(drive, "bkt", "d", "v-d")
+    assert keys_of(drive) == ["a", "b", "c", "d"]
