@@ -14,7 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from sealstore import errors, observability
+from sealstore import errors, frames, observability
 from sealstore.tls import SERVICE_NAMES, identity_of, role_of_instance, tls_files
 
 log = logging.getLogger(__name__)
@@ -119,23 +119,22 @@ def _wrap_stream(behavior):
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Turns a `SealstoreError` raised by any servicer into its gRPC status + code metadata."""
+    """Turns a `SealstoreError` raised by any servicer into its gRPC status + code metadata.
+    Being outermost, it also gives the bulk methods their hand-written codecs (sealstore.frames)."""
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
+        read, write = frames.SERVER_CODECS.get(handler_call_details.method or "", (None, None))
+        read, write = read or handler.request_deserializer, write or handler.response_serializer
         if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary), handler.request_deserializer, handler.response_serializer)
+            return grpc.unary_unary_rpc_method_handler(_wrap_unary(handler.unary_unary), read, write)
         if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(handler.stream_unary), handler.request_deserializer, handler.response_serializer)
+            return grpc.stream_unary_rpc_method_handler(_wrap_unary(handler.stream_unary), read, write)
         if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream), handler.request_deserializer, handler.response_serializer)
-        return grpc.stream_stream_rpc_method_handler(
-            _wrap_stream(handler.stream_stream), handler.request_deserializer, handler.response_serializer)
+            return grpc.unary_stream_rpc_method_handler(_wrap_stream(handler.unary_stream), read, write)
+        return grpc.stream_stream_rpc_method_handler(_wrap_stream(handler.stream_stream), read, write)
 
 
 def build_server(*, certs: Path, role: str, listen: str,

@@ -41,7 +41,7 @@ from typing import AsyncIterator, Awaitable, Callable, Iterable, TypeVar
 
 import grpc
 
-from sealstore import errors
+from sealstore import errors, frames
 from sealstore.config import Topology, set_of
 from sealstore.erasure import quorum
 from sealstore.erasure.versions import ShardFile, shard_files  # noqa: F401 (part of this module's API)
@@ -153,7 +153,9 @@ class ErasureSetClient:
             if m.address not in self._channels:
                 self._channels[m.address] = _member_channel(certs, role, m.address)
             if m.address not in self._stubs:
-                self._stubs[m.address] = storage_pb2_grpc.StorageServiceStub(self._channels[m.address])
+                stub = storage_pb2_grpc.StorageServiceStub(self._channels[m.address])
+                frames.framed_storage_stub(stub, self._channels[m.address])
+                self._stubs[m.address] = stub
         self.members = [Member(i, m.address, m.drive, self._stubs[m.address]) for i, m in enumerate(drives)]
         self._writable: dict[str, float] = {}  # bucket -> when it last passed a write check
 
@@ -408,10 +410,10 @@ class ErasureSetClient:
                     data_id=data_id))
                 if hasattr(blocks, "__aiter__"):
                     async for block in blocks:
-                        yield storage_pb2.WriteShardRequest(block=block)
+                        yield frames.Payload(block)
                 else:
                     for block in blocks:
-                        yield storage_pb2.WriteShardRequest(block=block)
+                        yield frames.Payload(block)
             except Exception as exc:
                 source_error.append(exc)
                 raise

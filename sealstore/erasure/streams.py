@@ -15,7 +15,7 @@ from typing import AsyncIterator
 
 import grpc
 
-from sealstore import errors
+from sealstore import errors, frames
 from sealstore.erasure import framing, quorum
 from sealstore.erasure.client import ErasureSetClient, Member, StoredVersion
 from sealstore.erasure.coder import StripeCoder
@@ -50,7 +50,7 @@ class _MemberWriter:
             block = await self.queue.get()
             if block is _END:
                 return
-            yield storage_pb2.WriteShardRequest(block=block)
+            yield frames.Payload(block)
 
     async def _run(self, header) -> None:
         try:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import AsyncIterator
 
-from sealstore import errors
+from sealstore import errors, frames
 from sealstore.conditions import Conditions
 from sealstore.erasure.client import ErasureSetClient, ErasureSets
 from sealstore.v1 import crypto_pb2, crypto_pb2_grpc
@@ -80,7 +80,7 @@ class CryptoServicer(crypto_pb2_grpc.CryptoServiceServicer):
         opened = metrics.OPENED.labels(mode)
         async for chunk in reader.chunks():
             opened.inc(len(chunk))
-            yield crypto_pb2.GetObjectResponse(data=chunk)
+            yield frames.Payload(chunk)
 
 
     async def CreateMultipartUpload(self, request, context):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import grpc
 
-from sealstore import config, errors
+from sealstore import config, errors, frames
 from sealstore.config import Topology
 from sealstore.rpc import aio_channel
 from sealstore.v1 import crypto_pb2_grpc, kms_pb2, kms_pb2_grpc, types_pb2
@@ -38,6 +38,8 @@ class Backend:
         instance = config.instance_name(ROLE, instance)
         self._channels = [aio_channel(certs, instance, addr, server="crypto") for addr in topology.crypto]
         self._crypto = [crypto_pb2_grpc.CryptoServiceStub(ch) for ch in self._channels]
+        for stub, ch in zip(self._crypto, self._channels):
+            frames.framed_crypto_stub(stub, ch)
         self._next = itertools.cycle(range(len(self._crypto)))
         self._kms_channel = aio_channel(certs, instance, topology.kms, server="kms")
         self.kms = kms_pb2_grpc.KeyServiceStub(self._kms_channel)

@@ -19,7 +19,7 @@ from urllib.parse import quote, unquote
 import grpc
 from aiohttp import web
 
-from sealstore import errors, sigv4
+from sealstore import errors, frames, sigv4
 from sealstore.conditions import Conditions
 from sealstore.v1 import crypto_pb2, types_pb2
 
@@ -520,7 +520,7 @@ class S3Api:
         async def send() -> None:
             await call.write(crypto_pb2.PutObjectRequest(header=header))
             async for piece in body.pieces():
-                await call.write(crypto_pb2.PutObjectRequest(data=piece))
+                await call.write(frames.Payload(piece))
             body.finish()  # only a fully verified body may be committed
             await call.write(crypto_pb2.PutObjectRequest(end=crypto_pb2.PutObjectEnd(
                 size=body.received, checksums=body.checks.verified)))

@@ -14,7 +14,7 @@ import functools
 import inspect
 import logging
 
-from sealstore import errors
+from sealstore import errors, frames
 from sealstore.v1 import storage_pb2, storage_pb2_grpc, types_pb2
 
 from services.storage import metrics
@@ -215,7 +215,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
             while item is not _DONE:
                 index, block = item
                 read.inc(len(block))
-                yield storage_pb2.ShardBlock(index=index, block=block)
+                yield frames.Payload(block, index)  # a ShardBlock, written by hand (sealstore.frames)
                 sent += 1
                 if sent == count:  # no trip to the thread pool just to hear there is no more
                     break

@@ -21,7 +21,7 @@ from typing import Any, AsyncIterator
 import grpc
 from grpc.aio import AioRpcError, Metadata
 
-from sealstore import errors
+from sealstore import errors, frames
 
 
 class FakeContext:
@@ -61,9 +61,13 @@ def rpc_error(exc: BaseException) -> AioRpcError:
     return AioRpcError(grpc.StatusCode.UNKNOWN, Metadata(), Metadata(), f"Unexpected {type(exc)}: {exc}")
 
 
-def _copy(message, serializer, deserializer=None):
-    data = serializer(message) if serializer else message.SerializeToString()
-    return (deserializer or type(message).FromString)(data)
+def _copy(message, serializer, deserializer=None, method: str = ""):
+    """Through the wire format and back, with the codecs a real server uses for `method`
+    (sealstore.frames for the bulk methods; sealstore.rpc installs the same)."""
+    data = (serializer or frames.serialize)(message)
+    if deserializer is None:
+        deserializer = frames.SERVER_CODECS.get(method, (None, None))[0] or type(message).FromString
+    return deserializer(data)
 
 
 class _ClientStreamFailed(Exception):
@@ -95,7 +99,7 @@ class InProcessChannel:
     def unary_unary(self, method, request_serializer=None, response_deserializer=None, **_):
         async def call(request, timeout=None, metadata=None, **__):
             name, fn = self._method(method)
-            request = _copy(request, request_serializer)
+            request = _copy(request, request_serializer, method=method)
 
             async def run():
                 await self._enter(name)
@@ -117,7 +121,7 @@ class InProcessChannel:
                 source = request_iterator.__aiter__() if hasattr(request_iterator, "__aiter__") else None
                 if source is None:
                     for r in request_iterator:
-                        yield _copy(r, request_serializer)
+                        yield _copy(r, request_serializer, method=method)
                     return
                 while True:
                     try:
@@ -128,7 +132,7 @@ class InProcessChannel:
                         raise
                     except BaseException as exc:
                         raise _ClientStreamFailed() from exc
-                    yield _copy(r, request_serializer)
+                    yield _copy(r, request_serializer, method=method)
 
             async def run():
                 await self._enter(name)
@@ -149,7 +153,7 @@ class InProcessChannel:
 
         def call(request, timeout=None, metadata=None, **__):
             name, fn = channel._method(method)
-            return _ServerStream(channel, name, fn, _copy(request, request_serializer), response_deserializer,
+            return _ServerStream(channel, name, fn, _copy(request, request_serializer, method=method), response_deserializer,
                                  timeout)
         return call
 

@@ -218,7 +218,7 @@ class FakeStorageNode(storage_pb2_grpc.StorageServiceServicer):
                     if drive is None:
                         raise errors.InvalidRequest("WriteShard must start with a header")
                     drive.check_writable()
-                    blocks.append(request.block)
+                    blocks.append(bytes(request.block))
             if drive is None:
                 raise errors.InvalidRequest("WriteShard got no header")
             return storage_pb2.WriteShardResponse(blocks=len(blocks), bytes=sum(map(len, blocks)))

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from sealstore import errors
+from sealstore import errors, frames
 from sealstore.v1 import storage_pb2
 from services.storage.node import Node
 from services.storage.servicer import StorageServicer
@@ -44,7 +44,9 @@ def read(node: Node, key: str, first: int = 0, count: int = 0) -> tuple[list[tup
     async def scenario():
         asyncio.get_running_loop().set_default_executor(executor)
         request = storage_pb2.ReadShardRequest(drive=0, bucket="bkt", key=key, first_block=first, block_count=count)
-        return [(b.index, b.block) async for b in servicer.ReadShard(request, None)]
+        # Through the wire format, as the worker reads them (sealstore.frames).
+        return [(m.index, m.block) async for b in servicer.ReadShard(request, None)
+                for m in [storage_pb2.ShardBlock.FromString(frames.serialize(b))]]
     try:
         return asyncio.run(scenario()), executor.trips
     finally:
