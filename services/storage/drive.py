@@ -139,10 +139,11 @@ class CorruptMetadata(errors.ObjectTampered):
     that healing replaces it only where it saw it corrupt (CommitObject expect CORRUPT_COPY)."""
 
 
-def _parse_meta(raw: bytes, where: Path | str = "meta.json") -> types_pb2.ObjectMeta:
+def _parse_meta(raw: bytes, where: Path | str = "meta.json", root: Path | None = None) -> types_pb2.ObjectMeta:
     """The ObjectMeta in `raw`; CorruptMetadata for anything else (bit rot, a truncated or
     hand-edited file): a parser's own exception would reach callers as an untyped 500.
-    Bytes parsed before are not parsed again (parsed.py)."""
+    `where` names the file in the error (relative to `root` if given). Bytes parsed before are
+    not parsed again (parsed.py)."""
     digest = PARSED.digest(raw)
     known = PARSED.get(types_pb2.ObjectMeta, digest)
     if known is not None:
@@ -150,8 +151,10 @@ def _parse_meta(raw: bytes, where: Path | str = "meta.json") -> types_pb2.Object
     try:
         meta = json_format.Parse(raw, types_pb2.ObjectMeta(), ignore_unknown_fields=True)
     except Exception as exc:  # undecodable bytes, not JSON, wrong JSON types: all the same here
+        where = Path(where).relative_to(root) if root else where
         raise CorruptMetadata(f"unreadable metadata {where}: {type(exc).__name__}") from None
     if not _is_complete(meta):
+        where = Path(where).relative_to(root) if root else where
         raise CorruptMetadata(f"incomplete metadata {where}: bucket, key, data_id or erasure layout missing")
     PARSED.put(digest, len(raw), meta)
     return meta
@@ -518,12 +521,14 @@ class Drive:
             log.warning("drive %s: listing index update failed (%s); it is reconciled before the next listing",
                         self.root, exc)
 
-    def _index_current(self, bucket: str, key: str, obj_dir: Path) -> None:
-        """Records the key's current meta.json in the index (the caller holds the folder lock)."""
+    def _index_current(self, bucket: str, key: str, obj_dir: Path,
+                       written: types_pb2.ObjectMeta | None = None) -> None:
+        """Records the key's current meta.json in the index (the caller holds the folder lock);
+        `written`: what the caller just wrote there (then the file is not read back)."""
         path = obj_dir / "meta.json"
         try:
             identity = _file_identity(path)
-            meta = _parse_meta(path.read_bytes(), path.relative_to(self.root))
+            meta = written if written is not None else _parse_meta(path.read_bytes(), path, self.root)
         except (FileNotFoundError, CorruptMetadata):
             self._index_write(lambda index: index.remove(bucket, key))
             return
@@ -592,7 +597,7 @@ class Drive:
         would list another object's name here; such files are logged once and not listed (reads
         of the key treat them as bad copies and healing replaces them)."""
         try:
-            meta = _parse_meta(path.read_bytes(), path.relative_to(self.root))
+            meta = _parse_meta(path.read_bytes(), path, self.root)
         except FileNotFoundError:
             return None
         except CorruptMetadata as err:
@@ -633,7 +638,7 @@ class Drive:
         except FileNotFoundError:
             return None
         try:
-            return _parse_meta(raw, path.relative_to(self.root))
+            return _parse_meta(raw, path, self.root)
         except CorruptMetadata as err:
             self._warn_once(path, err.message)
             raise
@@ -689,12 +694,14 @@ class Drive:
         obj_dir = self._object_dir(meta.bucket, meta.key)
         self._expire_retained()
         with self._locked(obj_dir):
-            self._commit(upload_id, meta, obj_dir, conditional, expect_data_id, inline_block, part_uploads or {})
-            self._index_current(meta.bucket, meta.key, obj_dir)
+            stored = self._commit(upload_id, meta, obj_dir, conditional, expect_data_id, inline_block,
+                                  part_uploads or {})
+            self._index_current(meta.bucket, meta.key, obj_dir, stored)
 
     def _commit(self, upload_id: str, meta: types_pb2.ObjectMeta, obj_dir: Path, conditional: bool,
-                expect_data_id: str, inline_block: bytes | None, part_uploads: dict[str, str]) -> None:
-        """Makes the uploaded shard and `meta` the current version of meta.key (see module doc).
+                expect_data_id: str, inline_block: bytes | None, part_uploads: dict[str, str]) -> types_pb2.ObjectMeta:
+        """Makes the uploaded shard and `meta` the current version of meta.key (see module doc);
+        returns the metadata written.
 
         `conditional` (healing): only if the current version's data_id is `expect_data_id` ("" =
         no copy, CORRUPT_COPY = an unreadable copy), else PreconditionFailed; the upload id may
@@ -751,6 +758,7 @@ class Drive:
         self._install(obj_dir, stored, previous, retain, uploads)
         if uploads:
             _fsync_dir(self.tmp)
+        return stored
 
     def _install(self, obj_dir: Path, stored: types_pb2.ObjectMeta, previous: types_pb2.ObjectMeta | None,
                  retain: bool, placed: dict[str, Path]) -> None:
@@ -761,7 +769,7 @@ class Drive:
             # An older kept version is no longer needed. Its removal is made durable by the
             # folder fsync of meta.json's write below; a crash before it can bring back that
             # prev.json (replaced below) or an orphan shard (heal removes those).
-            self._drop_retained(obj_dir, None, durable=False)
+            self._drop_retained(obj_dir, None, durable=False, current=previous)
             self._keep_current(obj_dir)
         for name, source in placed.items():
             if source != obj_dir / name:
@@ -816,7 +824,7 @@ class Drive:
                 stored.CopyFrom(meta)
                 stored.ClearField("inline_shard")
                 self._install(obj_dir, stored, previous, previous is not None, placed)
-                self._index_current(meta.bucket, meta.key, obj_dir)
+                self._index_current(meta.bucket, meta.key, obj_dir, stored)
         self._remove_upload(meta.bucket, upload_id, [p.number for p in meta.parts])
 
     def _take_parts(self, meta: types_pb2.ObjectMeta, upload_id: str, obj_dir: Path) -> dict[str, Path]:
@@ -947,10 +955,12 @@ class Drive:
         os.utime(link)
         os.replace(link, obj_dir / PREVIOUS_VERSION_FILE)
 
-    def _drop_retained(self, obj_dir: Path, data_id: str | None, durable: bool = True) -> None:
+    def _drop_retained(self, obj_dir: Path, data_id: str | None, durable: bool = True,
+                       current: types_pb2.ObjectMeta | None = None) -> None:
         """Removes the kept previous version `data_id` (None: whichever is kept) of an object, its
         shards only where meta.json does not name them (an undo may have made it current again).
-        `durable`: fsyncs the folder (else the caller does)."""
+        `durable`: fsyncs the folder (else the caller does). `current`: meta.json's version, if
+        the caller has it (else it is read)."""
         prev = obj_dir / PREVIOUS_VERSION_FILE
         try:
             kept = _parse_meta(prev.read_bytes())
@@ -961,10 +971,11 @@ class Drive:
             kept = None
         if kept is not None and data_id is not None and kept.data_id != data_id:
             return  # a later overwrite kept another version here; its own entry drops it
-        try:
-            current = self._read_meta(obj_dir)
-        except Exception:
-            current = None
+        if current is None:
+            try:
+                current = self._read_meta(obj_dir)
+            except Exception:
+                current = None
         prev.unlink(missing_ok=True)
         stale = shard_names(kept) if kept is not None else {f"{data_id}.shard"} if data_id else set()
         for name in stale - shard_names(current):
