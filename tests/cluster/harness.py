@@ -111,7 +111,10 @@ class RunningCluster:
         return json.loads((self.data / "cluster.json").read_text())
 
 
-def start_cluster(tmp: Path, extra_env: dict | None = None, storage_nodes: int = 4) -> RunningCluster:
+def start_cluster(tmp: Path, extra_env: dict | None = None, storage_nodes: int = 4,
+                  cwd: Path = REPO) -> RunningCluster:
+    """`cwd`: the tree whose code runs (services start as `python -m`, which imports from the
+    working folder first; bench/compare_commits.py runs another revision's tree)."""
     data = tmp / "data"
     base, gateway_port = _pick_ports(storage_nodes)
     env = {**os.environ, "SEALSTORE_DATA_DIR": str(data), "SEALSTORE_BASE_PORT": str(base),
@@ -121,7 +124,7 @@ def start_cluster(tmp: Path, extra_env: dict | None = None, storage_nodes: int =
         env.pop(name, None)
     output = tmp / "launcher.out"
     process = subprocess.Popen([SEALSTORE, "run"], env=env, stdout=open(output, "wb"),
-                               stderr=subprocess.STDOUT, cwd=REPO)
+                               stderr=subprocess.STDOUT, cwd=cwd)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:
