@@ -20,9 +20,11 @@ unreadable; the reconcile at start restores the rows from the meta.json files, w
 fsynced, and an unreadable file is recreated.
 
 Every call opens its own short connection (one lock per drive around it) and closes it, with a
-rollback journal rather than WAL: between calls the node holds no file of the drive open for
-writing, so an operator (or a test) can remount the drive read-only, and a drive moved to another
-node carries no open state. The journal is truncated after each write rather than deleted
+rollback journal rather than WAL: when no call is in progress, the node holds no file of the
+drive open for writing, so an operator (or a test) can remount the drive read-only, and a drive
+moved to another node carries no open state. A call that ends while others wait for the index
+hands its connection on to them instead (under concurrent writes, opening a connection and
+loading the schema per call was a quarter of a commit's CPU); the last one closes it. The journal is truncated after each write rather than deleted
 (an empty listing.sqlite3-journal stays): creating and removing a file per write was a fifth of
 an index update's CPU, and an empty journal is never rolled back.
 """
@@ -58,6 +60,11 @@ class ListingIndex:
     def __init__(self, path: Path):
         self.path = Path(path)
         self._lock = threading.Lock()
+        self._kept: sqlite3.Connection | None = None
+        """The connection a call handed on to the next one (see the module doc)."""
+        self._callers = 0
+        """Calls inside _session or waiting to enter it."""
+        self._callers_lock = threading.Lock()
         self._made = False
         """A session found (or made) the table: a later one that has to make it again works on a
         new file."""
@@ -69,12 +76,30 @@ class ListingIndex:
 
     @contextlib.contextmanager
     def _session(self):
-        with self._lock:
-            db = self._open()
-            try:
-                yield db
-            finally:
-                db.close()
+        with self._callers_lock:
+            self._callers += 1
+        try:
+            with self._lock:
+                db, self._kept = self._kept, None
+                if db is not None and self.missing():
+                    db.close()  # its file was removed meanwhile: open (make) the one there now
+                    db = None
+                if db is None:
+                    db = self._open()
+                try:
+                    yield db
+                except BaseException:
+                    db.close()
+                    raise
+                with self._callers_lock:
+                    handed_on = self._callers > 1
+                if handed_on:
+                    self._kept = db
+                else:
+                    db.close()
+        finally:
+            with self._callers_lock:
+                self._callers -= 1
 
     def missing(self) -> bool:
         return not self.path.exists()
@@ -126,7 +151,11 @@ class ListingIndex:
         return cls(path), reason
 
     def close(self) -> None:
-        """Nothing stays open between calls; kept for callers that close what they open."""
+        """Closes the connection a finished call handed on, if any."""
+        with self._lock:
+            db, self._kept = self._kept, None
+        if db is not None:
+            db.close()
 
     # ---- writes ---------------------------------------------------------------------------
 

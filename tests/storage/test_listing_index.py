@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import random
 import shutil
 import sqlite3
@@ -336,4 +337,68 @@ def test_an_index_file_removed_while_the_node_runs_is_rebuilt_by_the_next_listin
     path.unlink()
     assert keys_of(drive) == ["a", "b", "c"]  # removed, no write since: the listing sees it too
     commit_inline(drive, "bkt", "d", "v-d")
+    assert keys_of(drive) == ["a", "b", "c", "d"]
+
+
+def index_files_open(d: Drive) -> list[str]:
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(d.index.path)):
+            found.append(target)
+    return found
+
+
+def test_calls_waiting_for_the_index_get_the_connection_and_the_last_closes_it(drive, monkeypatch):
+    """Opening a connection (and loading the schema) per call was a quarter of a commit's CPU
+    under concurrent writes; a call that ends while others wait hands its connection on. Between
+    bursts no file of the index stays open (the drive can be remounted read-only)."""
+    index = drive.index
+    opened = []
+    real_open = ListingIndex._open
+    monkeypatch.setattr(ListingIndex, "_open", lambda self: opened.append(1) or real_open(self))
+    inside, release = threading.Event(), threading.Event()
+
+    def first():
+        with index._session():
+            inside.set()
+            release.wait(10)
+    holder = threading.Thread(target=first)
+    holder.start()
+    assert inside.wait(10)
+    waiters = [threading.Thread(target=commit_inline, args=(drive, "bkt", f"k{n}", f"v{n}")) for n in range(3)]
+    for t in waiters:
+        t.start()
+    deadline = time.monotonic() + 10
+    while index._callers < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert index._callers == 4
+    release.set()
+    for t in [holder, *waiters]:
+        t.join(10)
+    assert len(opened) == 1
+    assert index_files_open(drive) == []
+    assert keys_of(drive) == ["k0", "k1", "k2"]
+    assert index_files_open(drive) == []
+
+
+def test_a_handed_on_connection_follows_the_file_removed_under_it(drive):
+    for key in ("a", "b"):
+        commit_inline(drive, "bkt", key, "v-" + key)
+    index = drive.index
+    with index._callers_lock:
+        index._callers += 1  # another call waiting: the next session hands its connection on
+    try:
+        commit_inline(drive, "bkt", "c", "v-c")
+        assert index._kept is not None
+        index.path.unlink()
+        commit_inline(drive, "bkt", "d", "v-d")  # goes to a new file, not to the removed one
+    finally:
+        with index._callers_lock:
+            index._callers -= 1
+    index.close()
+    assert index.path.exists() and index_files_open(drive) == []
     assert keys_of(drive) == ["a", "b", "c", "d"]
