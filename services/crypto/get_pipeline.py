@@ -148,16 +148,17 @@ class ObjectReader:
             # One buffer, filled in place and copied once per message: the pieces are views of
             # the decryptor's buffer, valid only until the next one (slicing and trimming a
             # growing bytearray cost two more copies of every byte, a tenth of a GET's CPU here).
-            out = bytearray(MESSAGE_SIZE)
+            size = min(MESSAGE_SIZE, self.range.length)
+            out = bytearray(size)
             filled = 0
             async for piece in source:
                 piece = memoryview(piece)
                 while piece:
-                    take = min(MESSAGE_SIZE - filled, len(piece))
+                    take = min(size - filled, len(piece))
                     out[filled:filled + take] = piece[:take]
                     filled += take
                     piece = piece[take:]
-                    if filled == MESSAGE_SIZE:
+                    if filled == size:
                         yield bytes(out)
                         filled = 0
             if filled:

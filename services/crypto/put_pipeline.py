@@ -63,8 +63,10 @@ class BodyEnd:
 class StripeBuffer:
     """Collects the stored stream into fixed-size stripes, reusing one buffer."""
 
-    def __init__(self, stripe_size: int = STRIPE_SIZE):
-        self._buf = bytearray(stripe_size)
+    def __init__(self, stripe_size: int = STRIPE_SIZE, expected: int = -1):
+        """`expected`: the stored bytes announced, when known: a small object's buffer is its
+        size, not a whole stripe (a slice assignment past the end still grows it)."""
+        self._buf = bytearray(stripe_size if expected < 0 else min(stripe_size, expected))
         self._len = 0
         self.size = stripe_size
 
@@ -169,7 +171,10 @@ class _Stored:
 
 async def _stream_body(body: AsyncIterator[bytes | BodyEnd], target: StreamTarget, fanout: ShardFanout,
                        coder: StripeCoder, cipher: int) -> _Stored:
-    stripes = StripeBuffer()
+    expected = -1
+    if target.content_length >= 0:
+        expected = dare.encrypted_size(target.content_length) if target.key is not None else target.content_length
+    stripes = StripeBuffer(expected=expected)
     encryptor = dare.DareEncryptor(target.key, cipher=cipher) if target.key is not None else None
     plain_digest = hashlib.md5() if target.md5_etag else None
     stored_digest = None if target.md5_etag else xxhash.xxh3_128()
