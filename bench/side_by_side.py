@@ -748,6 +748,9 @@ def markdown(report: dict) -> str:
                if any((report.get("restarts") or {}).values()) else []),
              "Concurrency n = n client processes, each with its own kept-alive connection. CPU-s/GiB: per GiB "
              "of user data. `load` is the 1-minute load average when the case started.", "",
+             "Not like for like on durability: sealstore writes RS(2+2) shards to 4 drives (2x the data) and "
+             "fsyncs every shard and metadata file before answering; SeaweedFS, as run here, keeps one copy "
+             "(replication 000) and answers from the page cache (no fsync on its S3 path).", "",
              "| case | sealstore | SeaweedFS | ratio | sealstore CPU-s/GiB (all services) | SeaweedFS CPU-s/GiB "
              "| client CPU-s/GiB (sealstore / SeaweedFS) | load |",
              "|---|---|---|---|---|---|---|---|"]
