@@ -528,7 +528,9 @@ class Drive:
         path = obj_dir / "meta.json"
         try:
             identity = _file_identity(path)
-            meta = written if written is not None else _parse_meta(path.read_bytes(), path, self.root)
+            # An incomplete one is read back, and found corrupt, as any reader would find it.
+            meta = written if written is not None and _is_complete(written) else \
+                _parse_meta(path.read_bytes(), path, self.root)
         except (FileNotFoundError, CorruptMetadata):
             self._index_write(lambda index: index.remove(bucket, key))
             return
