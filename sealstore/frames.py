@@ -8,8 +8,9 @@ it is joined once behind its few header bytes when sent, and read as a view of t
 buffer. The wire format is unchanged: other clients (grpcurl, tests) see the same messages,
 and anything that is not exactly the expected frame is parsed by protobuf as before.
 
-sealstore.rpc installs the codecs: `server_codecs(method)` on the servers, `framed_stubs` on
-the clients' stubs.
+The servers get them from sealstore.rpc's outermost interceptor (`SERVER_CODECS`), the clients
+by `framed_stub` on their generated stubs (the gateway's crypto stubs, the erasure client's
+storage stubs).
 """
 from __future__ import annotations
 
@@ -139,21 +140,18 @@ SERVER_CODECS: dict[str, tuple[Callable | None, Callable | None]] = {
 }
 
 
-def framed_crypto_stub(stub, channel) -> None:
-    """Points a CryptoServiceStub's bulk methods at the hand-written codecs."""
-    stub.PutObject = channel.stream_unary(
-        _CRYPTO + "PutObject", request_serializer=serialize,
-        response_deserializer=crypto_pb2.PutObjectResponse.FromString)
-    stub.GetObject = channel.unary_stream(
-        _CRYPTO + "GetObject", request_serializer=crypto_pb2.GetObjectRequest.SerializeToString,
-        response_deserializer=read_get_response)
+_CLIENT_CODECS = {  # service: (stub attribute, call kind, request serializer, response deserializer)
+    "crypto": [("PutObject", "stream_unary", serialize, crypto_pb2.PutObjectResponse.FromString),
+               ("GetObject", "unary_stream", crypto_pb2.GetObjectRequest.SerializeToString, read_get_response)],
+    "storage": [("WriteShard", "stream_unary", serialize, storage_pb2.WriteShardResponse.FromString),
+                ("ReadShard", "unary_stream", storage_pb2.ReadShardRequest.SerializeToString, read_shard_block)],
+}
+_PREFIXES = {"crypto": _CRYPTO, "storage": _STORAGE}
 
 
-def framed_storage_stub(stub, channel) -> None:
-    """Points a StorageServiceStub's bulk methods at the hand-written codecs."""
-    stub.WriteShard = channel.stream_unary(
-        _STORAGE + "WriteShard", request_serializer=serialize,
-        response_deserializer=storage_pb2.WriteShardResponse.FromString)
-    stub.ReadShard = channel.unary_stream(
-        _STORAGE + "ReadShard", request_serializer=storage_pb2.ReadShardRequest.SerializeToString,
-        response_deserializer=read_shard_block)
+def framed_stub(stub, channel, service: str) -> None:
+    """Points the bulk methods of a generated stub of `service` ("crypto" or "storage") at the
+    hand-written codecs; its other methods stay as generated."""
+    for name, kind, write, read in _CLIENT_CODECS[service]:
+        setattr(stub, name, getattr(channel, kind)(_PREFIXES[service] + name, request_serializer=write,
+                                                   response_deserializer=read))

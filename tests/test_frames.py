@@ -122,7 +122,7 @@ def test_a_plain_protobuf_client_talks_to_a_framed_server(tmp_path):
                                               options=rpc.channel_options("storage"))
             plain = storage_pb2_grpc.StorageServiceStub(channel)
             framed = storage_pb2_grpc.StorageServiceStub(channel)
-            frames.framed_storage_stub(framed, channel)
+            frames.framed_stub(framed, channel, "storage")
             request = storage_pb2.ReadShardRequest(first_block=2, block_count=3)
             got = [b async for b in plain.ReadShard(request)]
             assert got == [storage_pb2.ShardBlock(index=i, block=bytes([i]) * 1000) for i in (2, 3, 4)]

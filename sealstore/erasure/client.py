@@ -154,7 +154,7 @@ class ErasureSetClient:
                 self._channels[m.address] = _member_channel(certs, role, m.address)
             if m.address not in self._stubs:
                 stub = storage_pb2_grpc.StorageServiceStub(self._channels[m.address])
-                frames.framed_storage_stub(stub, self._channels[m.address])
+                frames.framed_stub(stub, self._channels[m.address], "storage")
                 self._stubs[m.address] = stub
         self.members = [Member(i, m.address, m.drive, self._stubs[m.address]) for i, m in enumerate(drives)]
         self._writable: dict[str, float] = {}  # bucket -> when it last passed a write check

@@ -39,7 +39,7 @@ class Backend:
         self._channels = [aio_channel(certs, instance, addr, server="crypto") for addr in topology.crypto]
         self._crypto = [crypto_pb2_grpc.CryptoServiceStub(ch) for ch in self._channels]
         for stub, ch in zip(self._crypto, self._channels):
-            frames.framed_crypto_stub(stub, ch)
+            frames.framed_stub(stub, ch, "crypto")
         self._next = itertools.cycle(range(len(self._crypto)))
         self._kms_channel = aio_channel(certs, instance, topology.kms, server="kms")
         self.kms = kms_pb2_grpc.KeyServiceStub(self._kms_channel)
