@@ -25,7 +25,7 @@ CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE),
     ("grpc.keepalive_time_ms", 30_000),
     # A fixed 1 MiB HTTP/2 window per stream instead of gRPC's bandwidth-delay probing, which grew
-    # the windows of loopback streams until a crypto worker with 8 streams held 0.8-1.2 GiB of
+    # the windows of loopback streams until a crypto worker with 8 streams held 0.65-1.2 GiB of
     # messages in flight (RSS). 1 MiB covers a LAN's round trip at several GB/s per stream, and
     # the fixed window was as fast or faster here (docs/performance.md).
     ("grpc.http2.bdp_probe", 0),
