@@ -44,9 +44,10 @@ def test_kill_9_mid_put_leaves_no_partial_object_and_no_leftovers(cluster, victi
 
 
 def _readable(s3, key) -> bool:
-    """The key answers HEAD (a restarted service may take a moment to be reachable again)."""
+    """The key answers a GET (a restarted service may take a moment to be reachable again; a
+    HEAD never reaches the crypto worker, so it could answer while the worker still refused)."""
     try:
-        s3.head_object(Bucket="crash", Key=key)
+        s3.get_object(Bucket="crash", Key=key)["Body"].read()
         return True
     except Exception:  # connection refused while the gateway restarts, or a 5xx meanwhile
         return False
