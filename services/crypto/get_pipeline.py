@@ -221,7 +221,7 @@ class ObjectReader:
         coder = erasure.StripeCoder(layout.data_shards, layout.parity_shards, layout.ec_type or erasure.EC_TYPE)
         first, count = erasure.stripe_span(offset, length, stripe_size)
         reader = StripeReader(self.store, coder, StoredVersion(self.bucket, self.key, stream.data_id),
-                              self.holders, inline_shards=self.inline_shards if self.meta.inline else None)
+                              self.holders, inline_shards=self.inline_shards)
         stripe_index = first
         async for stripe in self._noting_bad_members(reader, first, count):
             start = stripe_index * stripe_size

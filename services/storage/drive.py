@@ -144,20 +144,18 @@ def _parse_meta(raw: bytes, where: Path | str = "meta.json", root: Path | None =
     hand-edited file): a parser's own exception would reach callers as an untyped 500.
     `where` names the file in the error (relative to `root` if given). Bytes parsed before are
     not parsed again (parsed.py)."""
-    digest = PARSED.digest(raw)
-    known = PARSED.get(types_pb2.ObjectMeta, digest)
-    if known is not None:
-        return known
-    try:
-        meta = json_format.Parse(raw, types_pb2.ObjectMeta(), ignore_unknown_fields=True)
-    except Exception as exc:  # undecodable bytes, not JSON, wrong JSON types: all the same here
-        where = Path(where).relative_to(root) if root else where
-        raise CorruptMetadata(f"unreadable metadata {where}: {type(exc).__name__}") from None
-    if not _is_complete(meta):
-        where = Path(where).relative_to(root) if root else where
-        raise CorruptMetadata(f"incomplete metadata {where}: bucket, key, data_id or erasure layout missing")
-    PARSED.put(digest, len(raw), meta)
-    return meta
+    def named() -> Path | str:
+        return Path(where).relative_to(root) if root else where
+
+    def parse(raw: bytes) -> types_pb2.ObjectMeta:
+        try:
+            meta = json_format.Parse(raw, types_pb2.ObjectMeta(), ignore_unknown_fields=True)
+        except Exception as exc:  # undecodable bytes, not JSON, wrong JSON types: all the same here
+            raise CorruptMetadata(f"unreadable metadata {named()}: {type(exc).__name__}") from None
+        if not _is_complete(meta):
+            raise CorruptMetadata(f"incomplete metadata {named()}: bucket, key, data_id or erasure layout missing")
+        return meta
+    return PARSED.parse(types_pb2.ObjectMeta, raw, parse)
 
 
 def _is_complete(meta: types_pb2.ObjectMeta) -> bool:
@@ -177,7 +175,7 @@ def _write_meta(path: Path, meta: types_pb2.ObjectMeta) -> None:
         parsed = types_pb2.ObjectMeta()
         parsed.CopyFrom(meta)
         parsed.DiscardUnknownFields()
-        PARSED.put(PARSED.digest(raw), len(raw), parsed)
+        PARSED.remember(raw, parsed)
 
 
 def _check_parts(meta: types_pb2.ObjectMeta) -> None:
@@ -416,12 +414,8 @@ class Drive:
 
     def get_bucket(self, bucket: str) -> types_pb2.BucketInfo:
         raw = (self._existing_bucket_dir(bucket) / "bucket.json").read_bytes()
-        digest = PARSED.digest(raw)
-        info = PARSED.get(types_pb2.BucketInfo, digest)
-        if info is None:
-            info = json_format.Parse(raw, types_pb2.BucketInfo(), ignore_unknown_fields=True)
-            PARSED.put(digest, len(raw), info)
-        return info
+        return PARSED.parse(types_pb2.BucketInfo, raw,
+                            lambda r: json_format.Parse(r, types_pb2.BucketInfo(), ignore_unknown_fields=True))
 
     def list_buckets(self, include_system: bool = False) -> list[types_pb2.BucketInfo]:
         """The S3 buckets on the drive; with `include_system`, the system bucket too."""

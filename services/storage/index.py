@@ -24,9 +24,10 @@ rollback journal rather than WAL: when no call is in progress, the node holds no
 drive open for writing, so an operator (or a test) can remount the drive read-only, and a drive
 moved to another node carries no open state. A call that ends while others wait for the index
 hands its connection on to them instead (under concurrent writes, opening a connection and
-loading the schema per call was a quarter of a commit's CPU); the last one closes it. The journal is truncated after each write rather than deleted
-(an empty listing.sqlite3-journal stays): creating and removing a file per write was a fifth of
-an index update's CPU, and an empty journal is never rolled back.
+loading the schema per call was a quarter of a commit's CPU); the last one closes it. The
+journal is truncated after each write rather than deleted (an empty listing.sqlite3-journal
+stays): creating and removing a file per write was a fifth of an index update's CPU, and an
+empty journal is never rolled back.
 """
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
+from typing import Callable
 
 from google.protobuf.message import Message
 
@@ -64,6 +65,21 @@ class ParsedFiles:
             while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
                 _, (_, dropped) = self._entries.popitem(last=False)
                 self._bytes -= dropped
+
+    def parse(self, kind: type, raw: bytes, parse: Callable[[bytes], Message]) -> Message:
+        """What `parse(raw)` returns (a `kind` message), from the table when these bytes were
+        parsed before; parse's exceptions propagate, and nothing is remembered then."""
+        digest = self.digest(raw)
+        known = self.get(kind, digest)
+        if known is not None:
+            return known
+        message = parse(raw)
+        self.put(digest, len(raw), message)
+        return message
+
+    def remember(self, raw: bytes, message: Message) -> None:
+        """Records `message` as what `raw` parses to (a file just written from it)."""
+        self.put(self.digest(raw), len(raw), message)
 
     def clear(self) -> None:
         with self._lock:
