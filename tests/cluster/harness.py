@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -111,11 +112,30 @@ class RunningCluster:
         return json.loads((self.data / "cluster.json").read_text())
 
 
+class _PortTaken(RuntimeError):
+    """A service of the launcher lost its port to another process between the pick and its bind."""
+
+
 def start_cluster(tmp: Path, extra_env: dict | None = None, storage_nodes: int = 4,
                   cwd: Path = REPO) -> RunningCluster:
     """`cwd`: the tree whose code runs (services start as `python -m`, which imports from the
-    working folder first; bench/compare_commits.py runs another revision's tree)."""
+    working folder first; bench/compare_commits.py runs another revision's tree).
+
+    A launch whose service found its port taken (the ports are only checked free, not held) is
+    tried again on fresh ports, from an empty data folder, when the folder did not exist before."""
     data = tmp / "data"
+    fresh = not data.exists()
+    for attempt in range(3):
+        try:
+            return _launch(tmp, data, extra_env, storage_nodes, cwd)
+        except _PortTaken:
+            if not fresh or attempt == 2:
+                raise
+            shutil.rmtree(data, ignore_errors=True)
+    raise AssertionError("unreachable")
+
+
+def _launch(tmp: Path, data: Path, extra_env: dict | None, storage_nodes: int, cwd: Path) -> RunningCluster:
     base, gateway_port = _pick_ports(storage_nodes)
     env = {**os.environ, "SEALSTORE_DATA_DIR": str(data), "SEALSTORE_BASE_PORT": str(base),
            "SEALSTORE_GATEWAY_ADDR": f"127.0.0.1:{gateway_port}",
@@ -128,7 +148,10 @@ def start_cluster(tmp: Path, extra_env: dict | None = None, storage_nodes: int =
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"sealstore run exited: {output.read_text()}")
+            printed = output.read_text()
+            if "address already in use" in printed.lower():
+                raise _PortTaken(f"sealstore run lost a port: {printed}")
+            raise RuntimeError(f"sealstore run exited: {printed}")
         path = data / "cluster.json"
         if path.exists():
             try:
