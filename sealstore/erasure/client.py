@@ -447,11 +447,14 @@ class ErasureSetClient:
             call.cancel()
 
     async def commit_object(self, upload_id: str, meta: types_pb2.ObjectMeta, members: list[int],
-                            inline_blocks: list[bytes] | None = None) -> None:
+                            inline_blocks: list[bytes] | None = None,
+                            shard_blocks: list[bytes] | None = None) -> None:
         """Commits the upload on `members` (each gets meta with shard_index = its index).
 
         With meta.inline, member i's shard is inline_blocks[i] (empty list: an empty object),
-        written with the metadata in one go; nothing was uploaded before.
+        written with the metadata in one go; nothing was uploaded before. `shard_blocks`: a
+        one-stripe object's shards, member i's written as its shard file within the commit
+        (nothing uploaded before either).
 
         Below write_quorum, undoes best effort: deletes the key on the members that committed,
         so the failed PUT never becomes visible, and drops the temporary shards elsewhere, then
@@ -466,9 +469,10 @@ class ErasureSetClient:
             copy = types_pb2.ObjectMeta()
             copy.CopyFrom(meta)
             copy.shard_index = m.index
-            block = inline_blocks[m.index] if inline_blocks else b""
             return m.stub.CommitObject(storage_pb2.CommitObjectRequest(
-                upload_id=upload_id, meta=copy, drive=m.drive, inline_block=block), timeout=self.timeout)
+                upload_id=upload_id, meta=copy, drive=m.drive,
+                inline_block=inline_blocks[m.index] if inline_blocks else b"",
+                shard_block=shard_blocks[m.index] if shard_blocks else b""), timeout=self.timeout)
         outcomes = await self._each_member(call, targets)
         committed = [m for m, o in zip(targets, outcomes) if not _failed(o)]
         if len(committed) >= self.write_quorum:

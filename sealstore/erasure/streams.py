@@ -121,10 +121,11 @@ class ShardFanout:
             log.warning("abort of upload %s incomplete: %r", self.upload_id, exc)
 
 
-class InlineFragments:
-    """Stands in for ShardFanout for a small object: keeps the fragments of its one stripe (or of
-    none, when empty), which the commit then sends inside each member's metadata: one write per
-    drive instead of a shard stream plus a commit."""
+class HeldStripe:
+    """Stands in for ShardFanout for an object of one stripe at most: keeps the fragments of that
+    stripe (or of none, when empty), which the commit then carries to each member, inside its
+    metadata (inline) or as its shard file: one call per drive instead of a shard stream plus a
+    commit."""
 
     def __init__(self, store: ErasureSetClient):
         self.store = store
@@ -132,7 +133,7 @@ class InlineFragments:
 
     async def send(self, fragments: list[bytes]) -> None:
         if self.fragments:
-            raise errors.InvalidRequest("an inline object has one stripe at most")
+            raise errors.InvalidRequest("a held object has one stripe at most")
         self.fragments = fragments
 
     async def finish(self) -> list[int]:

@@ -24,7 +24,7 @@ from sealstore import errors
 from sealstore.erasure import framing
 from sealstore.erasure.client import ErasureSetClient, ErasureSets
 from sealstore.erasure.coder import StripeCoder
-from sealstore.erasure.streams import InlineFragments, ShardFanout
+from sealstore.erasure.streams import HeldStripe, ShardFanout
 from sealstore.v1 import types_pb2
 from services.crypto import dare, keys
 from services.crypto.kms_client import KmsClient
@@ -138,10 +138,14 @@ async def write_stream(store: ErasureSetClient, target: StreamTarget, body: Asyn
                        cipher: int,
                        meta_for: Callable[["_Stored", str, StripeCoder], types_pb2.ObjectMeta]) -> types_pb2.ObjectMeta:
     """Encrypts (with target.key), codes and uploads the stream, then commits the metadata
-    `meta_for(stored, data_id, coder)` builds. Any failure aborts the upload on every member."""
+    `meta_for(stored, data_id, coder)` builds. Any failure aborts the upload on every member.
+
+    An object announced at one stripe or less is held and sent with the commit (inline, or as
+    its shard files), one call per drive; a larger or unannounced one streams to the members."""
     coder = StripeCoder(store.data_shards, store.parity_shards)
     data_id = uuid.uuid4().hex
-    fanout = InlineFragments(store) if target.inline else ShardFanout(store, data_id, target.shard_bucket)
+    held = target.inline or 0 <= _announced_stored_size(target) <= STRIPE_SIZE
+    fanout = HeldStripe(store) if held else ShardFanout(store, data_id, target.shard_bucket)
     try:
         stored = await _stream_body(body, target, fanout, coder, cipher)
         members = await fanout.finish()
@@ -149,7 +153,8 @@ async def write_stream(store: ErasureSetClient, target: StreamTarget, body: Asyn
         meta.checksums.update(stored.checksums)
         meta.inline = target.inline
         await store.commit_object(data_id, meta, members,
-                                  inline_blocks=fanout.fragments if target.inline else None)
+                                  inline_blocks=fanout.fragments if target.inline else None,
+                                  shard_blocks=fanout.fragments if held and not target.inline else None)
         return meta
     except BaseException as exc:
         log.info("upload %s to %s aborted: %s", data_id, target.shard_bucket,
@@ -169,12 +174,17 @@ class _Stored:
     checksums: dict[str, str] = field(default_factory=dict)
 
 
-async def _stream_body(body: AsyncIterator[bytes | BodyEnd], target: StreamTarget, fanout: ShardFanout,
+def _announced_stored_size(target: StreamTarget) -> int:
+    """The bytes the announced plaintext becomes when stored (DARE adds its overhead); -1 when
+    the size is not announced."""
+    if target.content_length < 0:
+        return -1
+    return dare.encrypted_size(target.content_length) if target.key is not None else target.content_length
+
+
+async def _stream_body(body: AsyncIterator[bytes | BodyEnd], target: StreamTarget, fanout: ShardFanout | HeldStripe,
                        coder: StripeCoder, cipher: int) -> _Stored:
-    expected = -1
-    if target.content_length >= 0:
-        expected = dare.encrypted_size(target.content_length) if target.key is not None else target.content_length
-    stripes = StripeBuffer(expected=expected)
+    stripes = StripeBuffer(expected=_announced_stored_size(target))
     encryptor = dare.DareEncryptor(target.key, cipher=cipher) if target.key is not None else None
     plain_digest = hashlib.md5() if target.md5_etag else None
     stored_digest = None if target.md5_etag else xxhash.xxh3_128()

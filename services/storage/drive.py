@@ -685,14 +685,37 @@ class Drive:
 
     def commit_object(self, upload_id: str, meta: types_pb2.ObjectMeta, *, conditional: bool = False,
                       expect_data_id: str = "", inline_block: bytes | None = None,
-                      part_uploads: dict[str, str] | None = None) -> None:
-        """Makes the uploaded shard and `meta` the current version of meta.key (see _commit)."""
+                      part_uploads: dict[str, str] | None = None, shard_block: bytes | None = None) -> None:
+        """Makes the uploaded shard and `meta` the current version of meta.key (see _commit).
+        `shard_block`: a one-stripe object's whole shard, written here as the upload's temporary
+        shard first (storage.proto CommitObjectRequest.shard_block); removed if the commit fails."""
         obj_dir = self._object_dir(meta.bucket, meta.key)
+        if shard_block:
+            self._upload_one_block(upload_id, meta, conditional, shard_block)
         self._expire_retained()
-        with self._locked(obj_dir):
-            stored = self._commit(upload_id, meta, obj_dir, conditional, expect_data_id, inline_block,
-                                  part_uploads or {})
-            self._index_current(meta.bucket, meta.key, obj_dir, stored)
+        try:
+            with self._locked(obj_dir):
+                stored = self._commit(upload_id, meta, obj_dir, conditional, expect_data_id, inline_block,
+                                      part_uploads or {})
+                self._index_current(meta.bucket, meta.key, obj_dir, stored)
+        except BaseException:
+            if shard_block:
+                self.abort_upload(upload_id)
+            raise
+
+    def _upload_one_block(self, upload_id: str, meta: types_pb2.ObjectMeta, conditional: bool, block: bytes) -> None:
+        if meta.inline or conditional or is_composite(meta) or meta.erasure.stripe_count != 1:
+            raise errors.InvalidArgument("a shard block is sent only with the commit of a one-stripe object "
+                                         "stored in a shard file")
+        if meta.data_id != upload_id:
+            raise errors.InvalidArgument(f"meta.data_id {meta.data_id!r} differs from upload id {upload_id!r}")
+        writer = self.open_upload(upload_id, meta.bucket, meta.data_id)
+        try:
+            writer.write_block(block)
+            writer.finish()
+        except BaseException:
+            writer.discard()
+            raise
 
     def _commit(self, upload_id: str, meta: types_pb2.ObjectMeta, obj_dir: Path, conditional: bool,
                 expect_data_id: str, inline_block: bytes | None, part_uploads: dict[str, str]) -> types_pb2.ObjectMeta:

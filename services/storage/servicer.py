@@ -176,9 +176,12 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
     async def CommitObject(self, request, context):
         await _in_thread(self.node.drive(request.drive).commit_object, request.upload_id, request.meta,
                          conditional=request.conditional, expect_data_id=request.expect_data_id,
-                         inline_block=request.inline_block, part_uploads=dict(request.part_uploads))
-        if request.inline_block:  # a small object's shard travels inside its metadata
-            metrics.WRITTEN.labels(metrics.drive_label(self.node, request.drive)).inc(len(request.inline_block))
+                         inline_block=request.inline_block, part_uploads=dict(request.part_uploads),
+                         shard_block=request.shard_block)
+        # A small object's shard travels inside the call (kept in its metadata, or in its shard file).
+        sent = len(request.inline_block) + len(request.shard_block)
+        if sent:
+            metrics.WRITTEN.labels(metrics.drive_label(self.node, request.drive)).inc(sent)
         return types_pb2.Empty()
 
     async def CompleteMultipart(self, request, context):

@@ -202,7 +202,10 @@ def test_sse_c_parts_need_the_upload_customer_key():
     upload_id = run(fake, kms, test)
     assert data[:64] not in b"".join(stored_part(fake, upload_id, 1).blocks)
     assert kms.calls == {}  # SSE-C never asks the kms
-    assert sum(n.calls["WriteShard"] for n in fake.nodes) == 4  # the refused parts wrote nothing
+    # The refused parts wrote nothing: the commits are the two upload records and the one part
+    # (a one-stripe part travels inside its commit: no shard stream).
+    assert sum(n.calls["WriteShard"] for n in fake.nodes) == 0
+    assert sum(n.calls["CommitObject"] for n in fake.nodes) == 3 * 4
 
 
 def test_sse_s3_part_etag_is_the_md5_of_the_plaintext(monkeypatch):

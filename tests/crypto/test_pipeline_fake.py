@@ -122,3 +122,60 @@ def test_an_object_read_under_another_name_is_refused():
         with pytest.raises((errors.ObjectTampered, errors.KMSInvalidCiphertext)):
             await get(store, BUCKET, "b", kms=client)
     run(fake, kms, test)
+
+
+ONE_STRIPE = 700 * 1024  # above the inline limit (128 KiB per drive), within one stripe
+
+
+@pytest.mark.parametrize("size, announced, streamed", [
+    (ONE_STRIPE, True, False),  # held and sent with the commit: no shard stream
+    (2 * 1024 * 1024, True, True),  # two stripes: streamed
+    (ONE_STRIPE, False, True),  # size not announced (aws-chunked without a decoded length): streamed
+])
+def test_a_one_stripe_object_travels_inside_its_commit(size, announced, streamed):
+    fake, kms = FakeStorage(), InProcessKms()
+    kms.create_key(KEY_NAME)
+    data = payload(size, seed=3)
+
+    async def test(store, client):
+        meta = await put(store, BUCKET, "k", data, kms=client, key_name=KEY_NAME,
+                         content_length=None if announced else -1)
+        assert not meta.inline and meta.erasure.stripe_count == (1 if size <= ONE_STRIPE else 2)
+        assert await get(store, BUCKET, "k", kms=client) == data
+        assert await get(store, BUCKET, "k", kms=client, first=size // 2, last=size // 2 + 99) == \
+            data[size // 2:size // 2 + 100]
+    run(fake, kms, test)
+    assert sum(n.calls["WriteShard"] for n in fake.nodes) == (4 if streamed else 0)
+    assert sum(n.calls["CommitObject"] for n in fake.nodes) == 4
+    assert data[:64] not in stored_bytes(fake, "k")
+    assert not any(d.uploads for n in fake.nodes for d in n.drives)
+
+
+def test_a_one_stripe_commit_below_quorum_is_undone_and_leaves_nothing():
+    fake, kms = FakeStorage(), InProcessKms()
+    kms.create_key(KEY_NAME)
+
+    async def test(store, client):
+        await put(store, BUCKET, "k", payload(ONE_STRIPE, seed=1), kms=client, key_name=KEY_NAME)
+        for node in fake.nodes[:2]:
+            node.fail("CommitObject", errors.StorageFull("drive full"))
+        with pytest.raises(errors.SealstoreError):
+            await put(store, BUCKET, "k", payload(ONE_STRIPE, seed=2), kms=client, key_name=KEY_NAME)
+        for node in fake.nodes:
+            node.heal()
+        # The failed PUT never became visible: the first version is still what a GET returns.
+        assert await get(store, BUCKET, "k", kms=client) == payload(ONE_STRIPE, seed=1)
+    run(fake, kms, test)
+    assert not any(d.uploads for n in fake.nodes for d in n.drives)
+
+
+def test_a_one_stripe_body_longer_than_announced_is_refused_before_any_drive_is_written():
+    fake, kms = FakeStorage(), InProcessKms()
+    kms.create_key(KEY_NAME)
+
+    async def test(store, client):
+        with pytest.raises(errors.IncompleteBody):
+            await put(store, BUCKET, "k", payload(2 * 1024 * 1024), kms=client, key_name=KEY_NAME,
+                      content_length=ONE_STRIPE)
+    run(fake, kms, test)
+    assert sum(n.calls["WriteShard"] + n.calls["CommitObject"] for n in fake.nodes) == 0

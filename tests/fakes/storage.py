@@ -32,6 +32,7 @@ from grpc.aio import AioRpcError, Metadata
 from sealstore import errors
 from sealstore.config import SetMember, Topology
 from sealstore.erasure import framing
+from sealstore.erasure.versions import is_composite
 from sealstore.v1 import storage_pb2, storage_pb2_grpc, types_pb2
 from services.storage.drive import validate_bucket_name
 
@@ -238,6 +239,14 @@ class FakeStorageNode(storage_pb2_grpc.StorageServiceServicer):
             if meta.erasure.stripe_count != len(blocks):
                 raise errors.InvalidArgument(f"an inline object has {meta.erasure.stripe_count} stripes, "
                                              f"and {len(blocks)} block(s) were sent")
+        elif request.shard_block:
+            if request.conditional or is_composite(meta) or meta.erasure.stripe_count != 1:
+                raise errors.InvalidArgument("a shard block is sent only with the commit of a one-stripe object "
+                                             "stored in a shard file")
+            drive.check_writable()
+            if upload_id in drive.uploads:
+                raise errors.InvalidRequest(f"upload {upload_id} already has a shard on this drive")
+            blocks = [bytes(request.shard_block)]
         else:
             if upload_id not in drive.uploads:
                 raise errors.InvalidRequest(f"upload {upload_id} has no shard on this drive")

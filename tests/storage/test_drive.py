@@ -273,3 +273,71 @@ def test_listing_parses_only_files_that_changed(drive, monkeypatch):
     assert len(parsed) == 1
     parsed.clear()
     assert listed()[1] == ("k1", "v1") and parsed == []  # the row was repaired
+
+
+def _tmp_files(drive):
+    return sorted(p.name for p in drive.tmp.iterdir())
+
+
+def test_a_one_stripe_object_arrives_with_its_commit(drive):
+    """CommitObject's shard_block: the shard file is written in the same call, bound to the data id
+    like a streamed one, and read back like any other."""
+    block = bytes(range(256)) * 2048
+    drive.commit_object("one1", meta_for("photos", "k", "one1", [block]), shard_block=block)
+    assert read_all(drive, "photos", "k") == [block]
+    assert (object_dir(drive, "photos", "k") / "one1.shard").is_file()
+    assert _tmp_files(drive) == []
+    # The shard's checksums are bound to its data id: renamed to another version it is refused.
+    drive.commit_object("one2", meta_for("photos", "k2", "one2", [block]), shard_block=block)
+    d2 = object_dir(drive, "photos", "k2")
+    (d2 / "one1.shard").write_bytes((object_dir(drive, "photos", "k") / "one1.shard").read_bytes())
+    (d2 / "one1.shard").replace(d2 / "one2.shard")
+    with pytest.raises(errors.SealstoreError):
+        read_all(drive, "photos", "k2")
+
+
+@pytest.mark.parametrize("how", ["inline", "two stripes", "no stripe", "conditional", "other data id"])
+def test_a_shard_block_with_any_other_commit_is_refused_and_leaves_nothing(drive, how):
+    block = b"s" * 1000
+    meta = meta_for("photos", "k", "bad1", [block])
+    kwargs = {}
+    if how == "inline":
+        meta.inline = True
+    elif how == "two stripes":
+        meta.erasure.stripe_count = 2
+    elif how == "no stripe":
+        meta.erasure.stripe_count = 0
+    elif how == "conditional":
+        kwargs = {"conditional": True, "expect_data_id": ""}
+    else:
+        meta.data_id = "bad2"
+    with pytest.raises(errors.InvalidArgument):
+        drive.commit_object("bad1", meta, shard_block=block, **kwargs)
+    assert _tmp_files(drive) == []
+    with pytest.raises(errors.NoSuchKey):
+        drive.get_object_meta("photos", "k")
+
+
+def test_a_shard_block_never_replaces_a_streamed_upload_of_the_same_id(drive):
+    streamed = b"streamed" * 100
+    w = drive.open_upload("same1", "photos", "same1")
+    w.write_block(streamed)
+    w.finish()
+    with pytest.raises(errors.InvalidRequest):
+        drive.commit_object("same1", meta_for("photos", "k", "same1", [b"x" * 800]), shard_block=b"x" * 800)
+    assert _tmp_files(drive) == ["same1.shard"]  # the stream's shard is still there, untouched
+    drive.commit_object("same1", meta_for("photos", "k", "same1", [streamed]))
+    assert read_all(drive, "photos", "k") == [streamed]
+
+
+def test_a_one_stripe_commit_that_fails_leaves_no_temporary_shard(drive, monkeypatch):
+    with pytest.raises(errors.NoSuchBucket):
+        drive.commit_object("nb1", meta_for("absent", "k", "nb1", [b"x"]), shard_block=b"x")
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(drive_module, "_write_meta", full)
+    with pytest.raises(OSError):
+        drive.commit_object("full1", meta_for("photos", "k", "full1", [b"y" * 500]), shard_block=b"y" * 500)
+    assert _tmp_files(drive) == []
+    assert not (object_dir(drive, "photos", "k") / "full1.shard").exists()
