@@ -2,7 +2,8 @@
 
 Four messages carry an object's bytes between services: PutObjectRequest.data (gateway to
 worker), WriteShardRequest.block (worker to storage), ShardBlock (storage to worker) and
-GetObjectResponse.data (worker to gateway). Through protobuf, each payload was copied into the
+GetObjectResponse.data (worker to gateway); a fifth, CommitObjectRequest.shard_block, carries a
+one-stripe object's shard with its commit (written by hand only when sent). Through protobuf, each payload was copied into the
 message, serialised into a second buffer, parsed into a third and read out into a fourth; here
 it is joined once behind its few header bytes when sent, and read as a view of the received
 buffer. The wire format is unchanged: other clients (grpcurl, tests) see the same messages,
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from sealstore.v1 import crypto_pb2, storage_pb2
+from sealstore.v1 import crypto_pb2, storage_pb2, types_pb2
 
 DATA_FIELD = 2
 """The field number of the payload in all four messages."""
@@ -63,6 +64,25 @@ class Payload:
         return b"".join((head, self.payload))
 
 
+class WithBlock:
+    """A unary request with one bytes field written by hand: `message` (without that field)
+    serialised by protobuf, then field `field` = `block` appended, joined once instead of copied
+    into the message and again out of it. Protobuf reads the concatenation as the message with
+    the field set; for a field numbered above all others it is byte for byte what protobuf
+    writes (CommitObjectRequest.shard_block)."""
+
+    __slots__ = ("message", "field", "block")
+
+    def __init__(self, message: Any, field: int, block) -> None:
+        self.message = message
+        self.field = field
+        self.block = block
+
+    def encode(self) -> bytes:
+        return b"".join((self.message.SerializeToString(), _varint(self.field << 3 | 2),
+                         _varint(len(self.block)), self.block))
+
+
 class DataView:
     """A received bulk message: what the code reading it uses of the protobuf message, with the
     payload as a view of the received buffer (no copy). `name` is the payload's field name."""
@@ -105,7 +125,7 @@ def payload_span(raw: bytes, with_index: bool = False) -> tuple[int, int] | None
 
 def serialize(message: Any) -> bytes:
     """A request or response serializer taking a Payload or any protobuf message."""
-    if type(message) is Payload:
+    if type(message) is Payload or type(message) is WithBlock:
         return message.encode()
     return message.SerializeToString()
 
@@ -144,7 +164,8 @@ _CLIENT_CODECS = {  # service: (stub attribute, call kind, request serializer, r
     "crypto": [("PutObject", "stream_unary", serialize, crypto_pb2.PutObjectResponse.FromString),
                ("GetObject", "unary_stream", crypto_pb2.GetObjectRequest.SerializeToString, read_get_response)],
     "storage": [("WriteShard", "stream_unary", serialize, storage_pb2.WriteShardResponse.FromString),
-                ("ReadShard", "unary_stream", storage_pb2.ReadShardRequest.SerializeToString, read_shard_block)],
+                ("ReadShard", "unary_stream", storage_pb2.ReadShardRequest.SerializeToString, read_shard_block),
+                ("CommitObject", "unary_unary", serialize, types_pb2.Empty.FromString)],
 }
 _PREFIXES = {"crypto": _CRYPTO, "storage": _STORAGE}
 

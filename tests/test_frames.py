@@ -45,6 +45,24 @@ def test_written_as_protobuf_writes_it_and_read_back(cls, field, read, indexed, 
             assert not view.HasField("header")
 
 
+@pytest.mark.parametrize("size", SIZES)
+def test_a_commit_with_its_shard_block_is_written_as_protobuf_writes_it(size):
+    """CommitObjectRequest.shard_block is appended by hand: it is the highest field number, so
+    protobuf writes it last too, and the bytes must be the same."""
+    from sealstore.v1 import types_pb2
+    block = os.urandom(size)
+    meta = types_pb2.ObjectMeta(bucket="b", key="k", data_id="d" * 32, size=size,
+                                erasure=types_pb2.ErasureLayout(data_shards=2, parity_shards=2, stripe_count=1))
+    fields = dict(upload_id="d" * 32, meta=meta, drive=3, part_uploads={"p": "q"})
+    reference = storage_pb2.CommitObjectRequest(**fields, shard_block=block)
+    field = storage_pb2.CommitObjectRequest.SHARD_BLOCK_FIELD_NUMBER
+    assert field == max(f.number for f in storage_pb2.CommitObjectRequest.DESCRIPTOR.fields)
+    encoded = frames.serialize(frames.WithBlock(storage_pb2.CommitObjectRequest(**fields), field, block))
+    assert storage_pb2.CommitObjectRequest.FromString(encoded) == reference
+    if block:  # protobuf leaves an empty bytes field out; the frame states its empty length
+        assert encoded == reference.SerializeToString()
+
+
 def test_shard_blocks_are_read_as_bytes():
     # pyeclib aborts the whole process when handed a memoryview: decoded blocks must be bytes.
     view = frames.read_shard_block(frames.Payload(b"abc", 3).encode())

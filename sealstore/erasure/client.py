@@ -469,10 +469,13 @@ class ErasureSetClient:
             copy = types_pb2.ObjectMeta()
             copy.CopyFrom(meta)
             copy.shard_index = m.index
-            return m.stub.CommitObject(storage_pb2.CommitObjectRequest(
+            request = storage_pb2.CommitObjectRequest(
                 upload_id=upload_id, meta=copy, drive=m.drive,
-                inline_block=inline_blocks[m.index] if inline_blocks else b"",
-                shard_block=shard_blocks[m.index] if shard_blocks else b""), timeout=self.timeout)
+                inline_block=inline_blocks[m.index] if inline_blocks else b"")
+            if shard_blocks:
+                request = frames.WithBlock(request, storage_pb2.CommitObjectRequest.SHARD_BLOCK_FIELD_NUMBER,
+                                           shard_blocks[m.index])
+            return m.stub.CommitObject(request, timeout=self.timeout)
         outcomes = await self._each_member(call, targets)
         committed = [m for m, o in zip(targets, outcomes) if not _failed(o)]
         if len(committed) >= self.write_quorum:

@@ -66,7 +66,8 @@ def _copy(message, serializer, deserializer=None, method: str = ""):
     (sealstore.frames for the bulk methods; sealstore.rpc installs the same)."""
     data = (serializer or frames.serialize)(message)
     if deserializer is None:
-        deserializer = frames.SERVER_CODECS.get(method, (None, None))[0] or type(message).FromString
+        sent = message.message if type(message) is frames.WithBlock else message
+        deserializer = frames.SERVER_CODECS.get(method, (None, None))[0] or type(sent).FromString
     return deserializer(data)
 
 
