@@ -27,8 +27,10 @@ from tests.cluster.harness import unique
 
 INLINE_SIZE = 3000
 """Stored inside meta.json on every drive: copying the metadata alone copies the data too."""
-STREAMED_SIZE = 700 * 1024
-"""Shard files beside meta.json (more than 128 KiB per drive)."""
+ONE_STRIPE_SIZE = 700 * 1024
+"""A shard file beside meta.json (more than 128 KiB per drive), sent with the commit."""
+STREAMED_SIZE = 2 * 1024 * 1024 + 300 * 1024
+"""Three stripes: shard files streamed to the drives before the commit."""
 
 
 # --- the drives --------------------------------------------------------------------------
@@ -161,7 +163,7 @@ def _names(buckets, case):
     return (buckets[sb], sk.format(other=buckets[1])), (buckets[tb], tk)
 
 
-SIZES = {"inline": INLINE_SIZE, "streamed": STREAMED_SIZE}
+SIZES = {"inline": INLINE_SIZE, "one-stripe": ONE_STRIPE_SIZE, "streamed": STREAMED_SIZE}
 # The aliases differ from the cross-bucket cases only in the names: inline objects suffice.
 REPLAY_PARAMS = [pytest.param(case, replay, size, id=f"{case}-{replay}-{size}")
                  for case in CASES for replay in REPLAYS
