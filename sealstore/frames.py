@@ -2,11 +2,11 @@
 
 Four messages carry an object's bytes between services: PutObjectRequest.data (gateway to
 worker), WriteShardRequest.block (worker to storage), ShardBlock (storage to worker) and
-GetObjectResponse.data (worker to gateway); a fifth, CommitObjectRequest.shard_block, carries a
-one-stripe object's shard with its commit (written by hand only when sent). Through protobuf, each payload was copied into the
+GetObjectResponse.data (worker to gateway). Through protobuf, each payload was copied into the
 message, serialised into a second buffer, parsed into a third and read out into a fourth; here
 it is joined once behind its few header bytes when sent, and read as a view of the received
-buffer. The wire format is unchanged: other clients (grpcurl, tests) see the same messages,
+buffer. A fifth, CommitObjectRequest.shard_block (a one-stripe object's shard, carried with its
+commit), is written by hand (`WithBlock`) and read by protobuf. The wire format is unchanged: other clients (grpcurl, tests) see the same messages,
 and anything that is not exactly the expected frame is parsed by protobuf as before.
 
 The servers get them from sealstore.rpc's outermost interceptor (`SERVER_CODECS`), the clients
