@@ -316,9 +316,11 @@ class ErasureSetClient:
 
     async def _meta_outcomes(self, bucket: str, key: str, with_inline_shard: bool = False) -> list:
         def call(m: Member):
-            return m.stub.GetObjectMeta(storage_pb2.ObjectRequest(bucket=bucket, key=key, drive=m.drive,
-                                                                  with_inline_shard=with_inline_shard),
-                                        timeout=self.timeout)
+            # Shards only from the data members: a read decodes from them first, and each of the
+            # others would send a one-stripe object's shard (up to 1/k of it) for nothing.
+            return m.stub.GetObjectMeta(storage_pb2.ObjectRequest(
+                bucket=bucket, key=key, drive=m.drive,
+                with_inline_shard=with_inline_shard and m.index < self.data_shards), timeout=self.timeout)
         outcomes = await self._each_member(call)
         metas = [o if isinstance(o, types_pb2.ObjectMeta) else None for o in outcomes]
         outcomes = quorum.without_foreign_copies(outcomes, metas, bucket, key)
@@ -329,8 +331,9 @@ class ErasureSetClient:
 
     async def meta_outcomes(self, bucket: str, key: str, *, with_inline_shard: bool = False) -> list:
         """One entry per member: its ObjectMeta or its typed error (NoSuchKey: it answered, without
-        a copy; ServiceUnavailable: it did not answer). `with_inline_shard`: a small object's
-        metadata keeps the member's framed shard (`inline_shard`), for a read that needs it."""
+        a copy; ServiceUnavailable: it did not answer). `with_inline_shard`: the data members'
+        answers carry their framed shard of a one-stripe object (`inline_shard`; inline or from
+        its shard file), for a read that needs it."""
         return await self._meta_outcomes(bucket, key, with_inline_shard)
 
     async def get_object_metas(self, bucket: str, key: str) -> list[types_pb2.ObjectMeta | None]:

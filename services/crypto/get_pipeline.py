@@ -283,17 +283,22 @@ async def open_object(store: ErasureSetClient | ErasureSets, kms: KmsClient, buc
         raise errors.InvalidRequest("Cannot specify both Range header and partNumber query parameter",
                                     resource=key)
     store = store.set_for(bucket, key)
-    # A small object's shards come with its metadata: no ReadShard call (two fewer per GET).
-    outcomes = await store.meta_outcomes(bucket, key, with_inline_shard=True)
+    # A one-stripe object's shards come with its metadata: no ReadShard call (two fewer per
+    # GET). Not when the answer may be 304, which sends no byte of the object.
+    with_shards = not (conditions and (conditions.if_none_match is not None
+                                       or conditions.if_modified_since is not None))
+    outcomes = await store.meta_outcomes(bucket, key, with_inline_shard=with_shards)
     metas = [o if isinstance(o, types_pb2.ObjectMeta) else None for o in outcomes]
     meta = store.quorum_version(metas)
     if meta is None:
         # Let the quorum client decide between NoSuchKey and SlowDown.
         meta = await store.get_object_meta(bucket, key)
-        outcomes = await store.meta_outcomes(bucket, key, with_inline_shard=True)
+        outcomes = await store.meta_outcomes(bucket, key, with_inline_shard=with_shards)
         metas = [o if isinstance(o, types_pb2.ObjectMeta) else None for o in outcomes]
     holders = [i for i, m in enumerate(metas) if m is not None and m.data_id == meta.data_id]
-    inline_shards = {i: metas[i].inline_shard for i in holders} if meta.inline else {}
+    # A member whose answer has no shard (a parity member, a file it could not read, a larger
+    # object) is read by ReadShard when needed.
+    inline_shards = {i: metas[i].inline_shard for i in holders if metas[i].inline_shard}
     for m in metas:
         if m is not None:
             m.ClearField("inline_shard")  # the shard bytes go no further than the reader

@@ -1147,13 +1147,29 @@ class Drive:
 
     def get_object_meta(self, bucket: str, key: str, with_inline_shard: bool = False) -> types_pb2.ObjectMeta:
         """The current version's metadata; a small object's framed shard stays on the drive
-        unless `with_inline_shard` (a GET about to read it)."""
-        meta = self._read_meta(self._object_dir(bucket, key))
+        unless `with_inline_shard` (a GET about to read it), which also brings a one-stripe
+        object's shard along (storage.proto ObjectRequest.with_inline_shard)."""
+        obj_dir = self._object_dir(bucket, key)
+        meta = self._read_meta(obj_dir)
         if meta is None:
             raise errors.NoSuchKey(resource=key)
         if not with_inline_shard:
             meta.ClearField("inline_shard")
+        elif not meta.inline and not is_composite(meta) and meta.erasure.stripe_count == 1:
+            meta.inline_shard = self._one_stripe_shard(obj_dir, bucket, key, meta.data_id)
         return meta
+
+    def _one_stripe_shard(self, obj_dir: Path, bucket: str, key: str, data_id: str) -> bytes:
+        """The one block of version `data_id`'s shard file, verified here and framed as an inline
+        shard; b"" when it cannot be read (missing, tampered, replaced meanwhile): the reader
+        then asks ReadShard, whose error says why and marks this copy for healing."""
+        try:
+            with self._locked(obj_dir):
+                reader = self._open_shard(obj_dir, bucket, key, data_id)
+            with reader:
+                return frame_blocks([reader.read_block(0)])
+        except (errors.SealstoreError, OSError):
+            return b""
 
     def open_shard(self, bucket: str, key: str, data_id: str) -> ShardReader:
         """A reader of the shard of version `data_id` (the current one if empty)."""

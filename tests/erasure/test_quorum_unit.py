@@ -5,6 +5,8 @@ Sets of 4 drives (2 data + 2 parity: write quorum k+1 = 3, read quorum 2) and of
 quorum k = 4, read quorum 4). Objects go through the worker's real PUT pipeline."""
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from sealstore import errors
@@ -270,23 +272,31 @@ def test_write_check_is_reused_until_a_member_fails():
     with_bucket(fake, test)
 
 
-def test_small_object_reads_its_shards_from_the_metadata_answers():
-    """A GET of an inline object takes its shards from the GetObjectMeta answers: no ReadShard
-    call; a shard that fails its checksum is read around, and its member is marked for a heal."""
+@pytest.mark.parametrize("size, inline", [(SMALL, True), (700 * 1024, False)], ids=["inline", "one-stripe-file"])
+def test_a_one_stripe_object_reads_its_shards_from_the_metadata_answers(size, inline):
+    """A GET of an object of one stripe takes its shards from the data members' GetObjectMeta
+    answers: no ReadShard call. A shard that fails its checksum is read around (a ReadShard of
+    a parity member; for a shard file, first of the member itself, whose node left the shard out
+    of its answer and now says why), and its member is marked for a heal."""
+    from services.crypto import get_pipeline
     from services.crypto.get_pipeline import open_object
     fake = FakeStorage()
 
     async def test(store):
-        data = payload(SMALL, 7)
+        data = payload(size, 7)
         await put(store, BUCKET, "small", data)
         reads = sum(n.calls["ReadShard"] for n in fake.nodes)
         assert await get(store, BUCKET, "small") == data
+        assert sum(n.calls["ReadShard"] for n in fake.nodes) == reads
         fake.member_drive(0).copy_of(BUCKET, "small").rotten.add(0)
         reader = await open_object(store, None, BUCKET, "small", None)
-        assert reader.meta.inline and not reader.meta.inline_shard  # shard bytes go no further
+        assert reader.meta.inline == inline and not reader.meta.inline_shard  # shard bytes go no further
         assert b"".join([c async for c in reader.chunks()]) == data
         assert 0 in reader.suspects
-        assert sum(n.calls["ReadShard"] for n in fake.nodes) == reads
+        assert sum(n.calls["ReadShard"] for n in fake.nodes) == reads + (1 if inline else 2)
+        # The read healed the bad copy in the background.
+        await asyncio.gather(*list(get_pipeline._healing.values()))
+        assert not fake.member_drive(0).copy_of(BUCKET, "small").rotten
         # Every holder's shard rotten: an error, never garbage.
         for member in range(4):
             fake.member_drive(member).copy_of(BUCKET, "small").rotten.add(0)

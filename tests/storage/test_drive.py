@@ -341,3 +341,27 @@ def test_a_one_stripe_commit_that_fails_leaves_no_temporary_shard(drive, monkeyp
         drive.commit_object("full1", meta_for("photos", "k", "full1", [b"y" * 500]), shard_block=b"y" * 500)
     assert _tmp_files(drive) == []
     assert not (object_dir(drive, "photos", "k") / "full1.shard").exists()
+
+
+def test_a_get_takes_a_one_stripe_shard_with_the_metadata_but_never_a_bad_one(drive):
+    """GetObjectMeta with_inline_shard: the block of a one-stripe shard file, verified here and
+    framed as an inline shard; left out (the metadata still answered) when the file is rotten or
+    gone, for a larger object, and without the flag."""
+    from sealstore.erasure import framing
+    block = bytes(range(256)) * 1024
+    drive.commit_object("get1", meta_for("photos", "one", "get1", [block]), shard_block=block)
+    answer = drive.get_object_meta("photos", "one", with_inline_shard=True)
+    reader = framing.InlineShardReader(answer.inline_shard, 1)
+    assert [b for _, b in reader.read_blocks(0, 1)] == [block]
+    assert not drive.get_object_meta("photos", "one").inline_shard
+    put(drive, "photos", "two", "get2", [block, block[:100]])
+    assert not drive.get_object_meta("photos", "two", with_inline_shard=True).inline_shard
+    shard = object_dir(drive, "photos", "one") / "get1.shard"
+    rotten = bytearray(shard.read_bytes())
+    rotten[-1] ^= 1
+    shard.write_bytes(rotten)
+    answer = drive.get_object_meta("photos", "one", with_inline_shard=True)
+    assert answer.data_id == "get1" and not answer.inline_shard
+    shard.unlink()
+    answer = drive.get_object_meta("photos", "one", with_inline_shard=True)
+    assert answer.data_id == "get1" and not answer.inline_shard
