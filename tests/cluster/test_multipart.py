@@ -43,17 +43,26 @@ def files_naming(cluster, text: str) -> list[Path]:
     """Every file or folder on any drive whose path or content names `text` (an upload id).
 
     The listing index is asked for its rows instead of grepped: SQLite keeps copies of keys as
-    separators in interior b-tree pages after their rows are deleted, which are not objects."""
+    separators in interior b-tree pages after their rows are deleted, which are not objects.
+    A walk that meets a file or folder removed under it (a heal at work) starts again."""
+    for _ in range(20):
+        try:
+            return [path for drive in drives(cluster) for path in _paths_naming(drive, text)]
+        except FileNotFoundError:
+            time.sleep(0.1)
+    raise AssertionError(f"the drives kept changing under a walk for {text}")
+
+
+def _paths_naming(drive: Path, text: str) -> list[Path]:
     hits = []
-    for drive in drives(cluster):
-        for path in drive.rglob("*"):
-            if text in str(path):
+    for path in drive.rglob("*"):
+        if text in str(path):
+            hits.append(path)
+        elif path.name.startswith("listing.sqlite3"):
+            if path.name == "listing.sqlite3" and _index_names(path, text):
                 hits.append(path)
-            elif path.name.startswith("listing.sqlite3"):
-                if path.name == "listing.sqlite3" and _index_names(path, text):
-                    hits.append(path)
-            elif path.is_file() and path.stat().st_size < 4 * MiB and text.encode() in path.read_bytes():
-                hits.append(path)
+        elif path.is_file() and path.stat().st_size < 4 * MiB and text.encode() in path.read_bytes():
+            hits.append(path)
     return hits
 
 
