@@ -6,8 +6,9 @@ GetObjectResponse.data (worker to gateway). Through protobuf, each payload was c
 message, serialised into a second buffer, parsed into a third and read out into a fourth; here
 it is joined once behind its few header bytes when sent, and read as a view of the received
 buffer. A fifth, CommitObjectRequest.shard_block (a one-stripe object's shard, carried with its
-commit), is written by hand (`WithBlock`) and read by protobuf. The wire format is unchanged: other clients (grpcurl, tests) see the same messages,
-and anything that is not exactly the expected frame is parsed by protobuf as before.
+commit), is written by hand (`WithBlock`) and read by protobuf. The wire format is unchanged:
+other clients (grpcurl, tests) see the same messages, and anything that is not exactly the
+expected frame is parsed by protobuf as before.
 
 The servers get them from sealstore.rpc's outermost interceptor (`SERVER_CODECS`), the clients
 by `framed_stub` on their generated stubs (the gateway's crypto stubs, the erasure client's
