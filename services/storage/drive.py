@@ -178,6 +178,19 @@ def _write_meta(path: Path, meta: types_pb2.ObjectMeta) -> None:
         PARSED.remember(raw, parsed)
 
 
+def _one_stripe_shard(obj_dir: Path, data_id: str) -> bytes:
+    """The one block of version `data_id`'s shard file, verified here and framed as an inline
+    shard; b"" when it cannot be read (missing, tampered, replaced meanwhile: the checksums are
+    bound to the data id, so no lock is needed): the reader then asks ReadShard, whose error
+    says why and marks this copy for healing."""
+    try:
+        with ShardReader(obj_dir / f"{data_id}.shard", 1, data_id) as reader:
+            reader.check_size()
+            return frame_blocks([reader.read_block(0)])
+    except (errors.SealstoreError, OSError):
+        return b""
+
+
 def _check_parts(meta: types_pb2.ObjectMeta) -> None:
     """InvalidArgument unless meta.parts describes shard files this drive can hold: a part object
     names itself (its one part has its data_id and stripe count); a multipart object names
@@ -1156,20 +1169,8 @@ class Drive:
         if not with_inline_shard:
             meta.ClearField("inline_shard")
         elif not meta.inline and not is_composite(meta) and meta.erasure.stripe_count == 1:
-            meta.inline_shard = self._one_stripe_shard(obj_dir, bucket, key, meta.data_id)
+            meta.inline_shard = _one_stripe_shard(obj_dir, meta.data_id)
         return meta
-
-    def _one_stripe_shard(self, obj_dir: Path, bucket: str, key: str, data_id: str) -> bytes:
-        """The one block of version `data_id`'s shard file, verified here and framed as an inline
-        shard; b"" when it cannot be read (missing, tampered, replaced meanwhile): the reader
-        then asks ReadShard, whose error says why and marks this copy for healing."""
-        try:
-            with self._locked(obj_dir):
-                reader = self._open_shard(obj_dir, bucket, key, data_id)
-            with reader:
-                return frame_blocks([reader.read_block(0)])
-        except (errors.SealstoreError, OSError):
-            return b""
 
     def open_shard(self, bucket: str, key: str, data_id: str) -> ShardReader:
         """A reader of the shard of version `data_id` (the current one if empty)."""
